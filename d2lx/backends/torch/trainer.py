@@ -1,0 +1,71 @@
+"""``d2l.Trainer`` for PyTorch: the d2l 3.4 ``fit_epoch`` on device-resident data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from d2lx.backends.torch.ops import TorchOps
+from d2lx.devices import DeviceSpec, gpu_unavailable
+from d2lx.trainer import TrainerBase
+
+
+class Trainer(TrainerBase):
+    """Trains a d2lx PyTorch ``Module`` (see :class:`d2lx.trainer.TrainerBase`).
+
+    ``steps_per_execution`` is accepted for API parity; PyTorch runs eagerly
+    one step at a time (results are the same).
+    """
+
+    backend_name = "torch"
+
+    def _native_device(self, spec: DeviceSpec) -> torch.device:
+        if spec.kind == "cpu":
+            return torch.device("cpu")
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if spec.index >= visible:
+            raise gpu_unavailable(
+                "torch", spec, visible,
+                "run on a machine with an NVIDIA GPU and a CUDA build of PyTorch",
+            )
+        return torch.device("cuda", spec.index)
+
+    def _array_ops(self) -> TorchOps:
+        return TorchOps(self.device)
+
+    def _place_model(self, model: Any, num_inputs: int) -> None:
+        model.materialize(num_inputs, self.device)
+
+    def _losses_to_host(self, values: list[Any]) -> np.ndarray:
+        return torch.stack([v.detach().reshape(()) for v in values]).double().cpu().numpy()
+
+    def _is_finite(self, loss: Any) -> bool:
+        return bool(torch.isfinite(loss).all())
+
+    def clip_gradients(self, grad_clip_val: float, model: Any) -> None:
+        """Rescale all gradients so their joint L2 norm is at most ``grad_clip_val`` (d2l 9.5)."""
+        grads = [p.grad for p in model.param_tensors() if p.grad is not None]
+        norm = torch.sqrt(sum(torch.sum(g**2) for g in grads))
+        scale = torch.clamp(grad_clip_val / norm, max=1.0)  # no host sync, unlike `if norm > c`
+        for g in grads:
+            g.mul_(scale)
+
+    def fit_epoch(self) -> None:
+        self.model.train()
+        for batch in self.train_dataloader:
+            loss = self.model.training_step(self.prepare_batch(batch))
+            self.optim.zero_grad()
+            loss.backward()
+            if self.gradient_clip_val > 0:
+                self.clip_gradients(self.gradient_clip_val, self.model)
+            self.optim.step()
+            self.train_batch_idx += 1
+        if self.val_dataloader is None:
+            return
+        self.model.eval()
+        with torch.no_grad():
+            for batch in self.val_dataloader:
+                self.model.validation_step(self.prepare_batch(batch))
+                self.val_batch_idx += 1

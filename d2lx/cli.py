@@ -1,0 +1,158 @@
+"""The ``d2lx`` command line: ``d2lx fit``, ``d2lx info``.
+
+Every deliberate failure (:class:`d2lx.errors.D2lxError`) is printed as one
+line on stderr, ``d2lx: error: <cause and fix>``, with exit status 2 and no
+traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from d2lx import registry
+from d2lx.errors import D2lxError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="train the d2l 3.4/3.5 linear regression example",
+                       description="Train y = X [2, -3.4] + 4.2 + noise and print the errors "
+                                   "in estimating w and b, as d2l 3.4/3.5 do.")
+    p.add_argument("--backend", default=None,
+                   help=f"torch, jax, tensorflow or mxnet (default: ${registry.BACKEND_ENV_VAR} or torch)")
+    p.add_argument("--model", choices=("scratch", "concise"), default="scratch",
+                   help="3.4 from-scratch model or 3.5 concise model (default: scratch)")
+    p.add_argument("--epochs", type=_positive_int, default=3)
+    p.add_argument("--lr", type=_number, default=0.03)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--num-train", type=_positive_int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: $D2LX_DEVICE or cpu)")
+    p.add_argument("--steps-per-execution", type=_positive_int, default=1,
+                   help="optimizer steps per compiled call, where the backend can fuse them")
+    p.add_argument("--plot", default=None, metavar="PATH", help="write the loss curves to this PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_cmd_fit)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from d2lx.experiment import run_fit
+
+    result = run_fit(
+        args.backend, args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        num_train=args.num_train, seed=args.seed, device=args.device,
+        steps_per_execution=args.steps_per_execution,
+        progress=False if (args.no_progress or args.json) else None, plot=args.plot,
+    )
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    np.set_printoptions(precision=6, suppress=True)
+    print(f"backend {result.backend} ({result.framework_version}), model {result.model}, "
+          f"device {result.device}, {result.epochs} epochs, {result.steps} steps")
+    print(f"error in estimating w: {np.array(result.w_error, dtype=np.float32)}")
+    print(f"error in estimating b: {np.array([result.b_error], dtype=np.float32)}")
+    print(f"train loss {result.train_loss:.6g}, val loss {result.val_loss:.6g}")
+    print(f"fit time: {result.fit_seconds:.3f} s")
+    if args.plot:
+        print(f"loss curves written to {args.plot}")
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list backends: installed?, version, devices")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_info)
+
+
+def backend_report() -> list[dict[str, object]]:
+    """One row per registered backend; imports each installed framework."""
+    rows: list[dict[str, object]] = []
+    active = registry.current_backend_name()
+    for name, spec in sorted(registry.registered_backends().items()):
+        row: dict[str, object] = {"backend": name, "active": name == active,
+                                  "installed": False, "version": None, "devices": [],
+                                  "install": spec.install}
+        if registry.is_installed(name):
+            try:
+                ns = registry.load(name)
+                row.update(installed=True, version=ns.framework_version(), devices=ns.list_devices())
+            except D2lxError as exc:
+                row["error"] = str(exc)
+        rows.append(row)
+    return rows
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    rows = backend_report()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'backend':<11} {'installed':<9} {'version':<14} devices")
+    for r in rows:
+        mark = "*" if r["active"] else " "
+        if r["installed"]:
+            devices = ", ".join(r["devices"])  # type: ignore[arg-type]
+            print(f"{mark}{r['backend']:<10} {'yes':<9} {r['version']!s:<14} {devices}")
+        else:
+            print(f"{mark}{r['backend']:<10} {'no':<9} {'-':<14} install: {r['install']}")
+    print(f"* active backend (${registry.BACKEND_ENV_VAR}, default {registry.DEFAULT_BACKEND})")
+    return 0
+
+
+#: Subcommand registrars; later features (bench, sweep) add themselves here.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_fit, _add_info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from d2lx import __version__
+
+    parser = argparse.ArgumentParser(prog="d2lx", description="d2l.ai chapter 3 on any framework")
+    parser.add_argument("--version", action="version", version=f"d2lx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except D2lxError as exc:
+        message = " ".join(str(exc).split())  # one line, always
+        print(f"d2lx: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("d2lx: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

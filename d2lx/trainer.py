@@ -1,0 +1,221 @@
+"""The framework-neutral half of d2l's ``Trainer``.
+
+The core owns everything that must behave the same on every backend:
+argument checks, device resolution, the epoch loop, history, progress,
+plotting, divergence detection and timing. An adapter subclasses
+:class:`TrainerBase` and supplies the framework parts:
+
+* ``_native_device(spec)``: the framework's device object (or raise
+  :func:`d2lx.devices.gpu_unavailable`);
+* ``_array_ops()``: an :class:`d2lx.data.ArrayOps` bound to that device;
+* ``_place_model(model, num_inputs)``: build lazy layers, set the seeded
+  initial parameters, move the model to the device;
+* ``fit_epoch()``: one epoch, in the framework's idiom (d2l's method);
+* ``_losses_to_host(values)``: turn a list of device scalars into NumPy in one
+  transfer;
+* ``_is_finite(loss)``: whether one loss value is finite.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from d2lx.data import ArrayLoader, ArrayOps, DataModule
+from d2lx.devices import DeviceSpec, resolve_device
+from d2lx.errors import ArgumentTypeError, DivergenceError
+from d2lx.history import History, LossMeter
+from d2lx.hyperparameters import HyperParameters
+from d2lx.progress import ProgressBar, progress_enabled
+from d2lx.validation import check_float, check_int
+
+
+class TrainerBase(HyperParameters):
+    """d2l's ``Trainer(max_epochs, num_gpus=0, gradient_clip_val=0)`` plus d2lx options.
+
+    Keyword-only options:
+
+    * ``device``: ``"cpu"``, ``"gpu"`` or ``"gpu:N"`` (default: ``num_gpus``,
+      then ``$D2LX_DEVICE``, then CPU). A missing GPU is an error, never a
+      silent CPU run.
+    * ``steps_per_execution``: run this many optimizer steps per compiled call
+      on backends that can fuse steps (like Keras' option of that name);
+      results equal the step-by-step run within float32 tolerance.
+    * ``progress``: ``True``/``False``, or ``None`` for "on in a terminal
+      unless ``$CI`` is set".
+    * ``plot``: a PNG path; the loss curves are written there after ``fit``.
+    * ``check_finite``: stop with :class:`DivergenceError` at the first step
+      whose loss is NaN/inf, before its update (default on).
+    * ``callbacks``: functions called as ``fn(trainer)`` after every epoch
+      (``trainer.epoch`` and ``trainer.history`` are up to date), e.g. to
+      record parameters or stop early by raising.
+    """
+
+    backend_name: ClassVar[str] = "?"
+
+    def __init__(
+        self,
+        max_epochs: int,
+        num_gpus: int = 0,
+        gradient_clip_val: float = 0,
+        *,
+        device: str | None = None,
+        steps_per_execution: int = 1,
+        progress: bool | None = None,
+        plot: str | Path | None = None,
+        check_finite: bool = True,
+        callbacks: Sequence[Callable[[TrainerBase], None]] = (),
+    ) -> None:
+        self.max_epochs = check_int("max_epochs", max_epochs, minimum=1, example="3")
+        self.num_gpus = check_int("num_gpus", num_gpus, minimum=0, example="1")
+        self.gradient_clip_val = check_float(
+            "gradient_clip_val", gradient_clip_val, nonnegative=True, example="1.0"
+        )
+        self.steps_per_execution = check_int(
+            "steps_per_execution", steps_per_execution, minimum=1, example="32"
+        )
+        if progress is not None and not isinstance(progress, bool):
+            raise ArgumentTypeError(f"progress must be True, False or None, got {progress!r}")
+        if plot is not None and not isinstance(plot, (str, Path)):
+            raise ArgumentTypeError(f"plot must be a file path (str or Path), got {plot!r}")
+        self.progress = progress
+        self.plot_path = None if plot is None else Path(plot)
+        self.check_finite = bool(check_finite)
+        if not all(callable(cb) for cb in callbacks):
+            raise ArgumentTypeError("callbacks must be a sequence of functions fn(trainer)")
+        self.callbacks = list(callbacks)
+        self.hparams = {
+            "max_epochs": self.max_epochs, "num_gpus": self.num_gpus,
+            "gradient_clip_val": self.gradient_clip_val,
+            "steps_per_execution": self.steps_per_execution,
+        }
+        self.device_spec: DeviceSpec = resolve_device(device, self.num_gpus)
+        self.device = self._native_device(self.device_spec)
+        self.history = History()
+        self.model: Any = None
+        self.data: DataModule | None = None
+        self.optim: Any = None
+        self.epoch = 0
+        self.train_batch_idx = 0
+        self.val_batch_idx = 0
+        self.fit_seconds = 0.0
+        self._train_meter = LossMeter(self._losses_to_host)
+        self._val_meter = LossMeter(self._losses_to_host)
+
+    # -- adapter hooks -----------------------------------------------------------
+    def _native_device(self, spec: DeviceSpec) -> Any:
+        raise NotImplementedError
+
+    def _array_ops(self) -> ArrayOps:
+        raise NotImplementedError
+
+    def _place_model(self, model: Any, num_inputs: int) -> None:
+        raise NotImplementedError
+
+    def _losses_to_host(self, values: list[Any]) -> np.ndarray:
+        return np.array([float(np.asarray(v)) for v in values])
+
+    def _is_finite(self, loss: Any) -> bool:
+        return math.isfinite(float(np.asarray(loss)))
+
+    def fit_epoch(self) -> None:
+        raise NotImplementedError
+
+    # -- d2l's surface -----------------------------------------------------------
+    def prepare_batch(self, batch: Any) -> Any:
+        """Hook to transform a batch; batches are already on the device."""
+        return batch
+
+    def prepare_data(self, data: DataModule) -> None:
+        """Bind ``data`` to this trainer's device and build the loaders (one copy each)."""
+        if not isinstance(data, DataModule):
+            raise ArgumentTypeError(
+                f"fit() expects a d2lx DataModule as data, got {type(data).__name__}; "
+                "wrap arrays with d2lx.ArrayData(X, y)"
+            )
+        data.bind(self._array_ops())
+        self.data = data
+        self.train_dataloader: ArrayLoader = data.train_dataloader()
+        self.val_dataloader: ArrayLoader | None = data.val_dataloader()
+        self.num_train_batches = len(self.train_dataloader)
+        self.num_val_batches = 0 if self.val_dataloader is None else len(self.val_dataloader)
+        X, y = self.train_dataloader.tensors[0], self.train_dataloader.tensors[-1]
+        self._data_shapes = (tuple(X.shape), tuple(y.shape))
+
+    def prepare_model(self, model: Any) -> None:
+        """Attach the model, check it against the data, place it on the device."""
+        model.trainer = self
+        self.model = model
+        X_shape, y_shape = self._data_shapes
+        check = getattr(model, "check_data_shapes", None)
+        if check is not None:
+            check(X_shape, y_shape)
+        self._place_model(model, int(X_shape[1]) if len(X_shape) > 1 else 1)
+
+    def fit(self, model: Any, data: DataModule) -> History:
+        """Train ``model`` on ``data`` for ``max_epochs`` epochs; return the history."""
+        start = time.perf_counter()
+        self.prepare_data(data)
+        self.prepare_model(model)
+        self.optim = model.configure_optimizers()
+        self.epoch = 0
+        self.train_batch_idx = 0
+        self.val_batch_idx = 0
+        self.history = History()
+        self._run_epochs(first_epoch=0)
+        self.fit_seconds = time.perf_counter() - start
+        if self.plot_path is not None:
+            self.plot(self.plot_path)
+        return self.history
+
+    def _run_epochs(self, first_epoch: int) -> None:
+        enabled = progress_enabled(self.progress)
+        label = f"{self.backend_name} fit"
+        with ProgressBar(self.max_epochs, label, enabled) as bar:
+            bar.update(first_epoch)
+            for epoch in range(first_epoch, self.max_epochs):
+                self.epoch = epoch
+                epoch_start = time.perf_counter()
+                self._train_meter.reset()
+                self._val_meter.reset()
+                self.fit_epoch()
+                train_loss = self._train_meter.mean(weighted=False)
+                val_loss = self._val_meter.mean(weighted=True)
+                self.history.append(self.epoch, train_loss, val_loss,
+                                    time.perf_counter() - epoch_start)
+                bar.update(1, f"train {train_loss:.4g} val {val_loss:.4g}")
+                for callback in self.callbacks:
+                    callback(self)
+
+    # -- loss recording and divergence --------------------------------------------
+    def record_loss(self, value: Any, train: bool, count: int) -> None:
+        """Called by ``Module.log``: keep the loss; stop at once if it is not finite."""
+        if train:
+            if self.check_finite and not self._is_finite(value):
+                self.raise_divergence(self.epoch, self.train_batch_idx)
+            self._train_meter.add(value, count)
+        else:
+            self._val_meter.add(value, count)
+
+    def raise_divergence(self, epoch: int, step: int) -> None:
+        """Raise the one error for a NaN/inf loss (shared wording for all adapters)."""
+        raise DivergenceError(
+            f"training diverged: the loss became NaN or inf at epoch {epoch}, step {step}; "
+            "the update of that step was not applied, so the model keeps the last finite "
+            "parameters. Lower the learning rate (lr) or set gradient_clip_val, and check "
+            "the data scale",
+            epoch=epoch,
+            step=step,
+        )
+
+    # -- results ---------------------------------------------------------------------
+    def plot(self, path: str | Path) -> Path:
+        """Write the loss curves of the last ``fit`` to ``path`` (PNG)."""
+        from d2lx.plotting import plot_history
+
+        return plot_history(self.history, path, title=f"{self.backend_name}, {self.device_spec}")

@@ -1,0 +1,71 @@
+"""nox sessions: the test suite once per backend, each in its own environment.
+
+    nox                           # tests on every backend + lint + typecheck
+    nox -s "tests(backend='jax')" # one backend
+    nox -s lint typecheck         # static checks
+    nox -s demo                   # `d2lx fit` on every backend, both models
+
+Each backend's environment is installed from its pin file ``backends/<name>.txt``
+(MXNet needs numpy<1.24, so no two frameworks share an environment). A backend
+joins the matrix when its adapter package ``d2lx/backends/<name>/`` exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+BACKENDS = sorted(
+    p.stem for p in (ROOT / "backends").glob("*.txt") if (ROOT / "d2lx" / "backends" / p.stem).is_dir()
+)
+
+# uv is faster when present, but it does not see the CPU torch wheel this
+# machine keeps on disk (pip does) and would download a multi-GB CUDA build, so
+# the framework environments (tests, demo) use virtualenv + pip and pip's
+# download cache; the tool-only sessions use uv when it is there.
+FAST_VENV = "uv|virtualenv" if shutil.which("uv") else "virtualenv"
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.error_on_missing_interpreters = True
+
+
+def _install_backend(session: nox.Session, backend: str, *extra: str) -> None:
+    # One resolver pass: the pins and the package together, so nothing drifts.
+    session.install("-r", f"backends/{backend}.txt", "-e", ".[dev]", *extra)
+
+
+@nox.session(python="3.11", venv_backend="virtualenv")
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """The core tests and the conformance suite on one backend."""
+    _install_backend(session, backend)
+    session.run(
+        "pytest", *(session.posargs or ["-q"]),
+        env={"D2LX_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+@nox.session(python="3.11", venv_backend=FAST_VENV)
+def lint(session: nox.Session) -> None:
+    """ruff: style and common bugs."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", "d2lx", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python="3.11", venv_backend=FAST_VENV)
+def typecheck(session: nox.Session) -> None:
+    """mypy on the framework-free core (the adapters are checked by the suite)."""
+    session.install("mypy==2.4.1", "-e", ".")
+    session.run("mypy", "d2lx")
+
+
+@nox.session(python="3.11", venv_backend="virtualenv")
+@nox.parametrize("backend", BACKENDS)
+def demo(session: nox.Session, backend: str) -> None:
+    """The main job on one backend: `d2lx fit` with both models."""
+    _install_backend(session, backend)
+    for model in ("scratch", "concise"):
+        session.run("d2lx", "fit", "--backend", backend, "--model", model, "--no-progress")
