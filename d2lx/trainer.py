@@ -13,7 +13,12 @@ plotting, divergence detection and timing. An adapter subclasses
 * ``fit_epoch()``: one epoch, in the framework's idiom (d2l's method);
 * ``_losses_to_host(values)``: turn a list of device scalars into NumPy in one
   transfer;
-* ``_is_finite(loss)``: whether one loss value is finite.
+* ``_is_finite(loss)``: whether one loss value is finite;
+* ``_optimizer_state()`` / ``_load_optimizer_state(state)``: the optimizer's
+  state as NumPy arrays, for framework-free checkpoints (default: none).
+
+Models provide ``get_w_b()`` / ``set_w_b(w, b)`` (NumPy, ``w`` of shape
+``(num_inputs, 1)``, ``b`` of shape ``(1,)``) and ``check_data_shapes``.
 """
 
 from __future__ import annotations
@@ -125,6 +130,13 @@ class TrainerBase(HyperParameters):
 
     def fit_epoch(self) -> None:
         raise NotImplementedError
+
+    def _optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state as NumPy arrays, for checkpoints (plain SGD has none)."""
+        return {}
+
+    def _load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`_optimizer_state` returned (after ``configure_optimizers``)."""
 
     # -- d2l's surface -----------------------------------------------------------
     def prepare_batch(self, batch: Any) -> Any:
