@@ -28,7 +28,7 @@ BACKENDS = sorted(
 # download cache; the tool-only sessions use uv when it is there.
 FAST_VENV = "uv|virtualenv" if shutil.which("uv") else "virtualenv"
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "crosscheck", "lint", "typecheck"]
 nox.options.error_on_missing_interpreters = True
 
 
@@ -46,6 +46,37 @@ def tests(session: nox.Session, backend: str) -> None:
         "pytest", *(session.posargs or ["-q"]),
         env={"D2LX_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
+
+
+def _backend_python(backend: str) -> Path:
+    """The interpreter of the `tests` session's environment for ``backend``."""
+    for venv in sorted((ROOT / ".nox").glob(f"tests*{backend}*")):
+        python = venv / "bin" / "python"
+        if python.exists():
+            return python
+    raise FileNotFoundError(backend)
+
+
+@nox.session(python=False)
+def crosscheck(session: nox.Session) -> None:
+    """Checkpoints written on every backend load on every other (through files).
+
+    Reuses the environments of the `tests` sessions (run them first; plain
+    `nox` does), because the backends' pins cannot share one environment.
+    """
+    try:
+        pythons = {b: _backend_python(b) for b in BACKENDS}
+    except FileNotFoundError as missing:
+        session.error(f"no tests environment for {missing}; run `nox -s tests` first")
+    if len(pythons) < 2:
+        session.skip("cross-backend checks need at least two backends")
+    folder = ROOT / ".nox" / "_crosscheck"
+    shutil.rmtree(folder, ignore_errors=True)
+    for phase in ("write", "read"):
+        for backend, python in pythons.items():
+            session.run(str(python), "tests/crosscheck.py", phase, str(folder),
+                        env={"D2LX_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CI": "1"},
+                        external=True)
 
 
 @nox.session(python="3.11", venv_backend=FAST_VENV)

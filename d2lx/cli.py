@@ -54,6 +54,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-execution", type=_positive_int, default=1,
                    help="optimizer steps per compiled call, where the backend can fuse them")
     p.add_argument("--plot", default=None, metavar="PATH", help="write the loss curves to this PNG")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="save the run to PATH (.npz, atomic) after every epoch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint PATH (written by any backend)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=_cmd_fit)
@@ -67,6 +71,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         num_train=args.num_train, seed=args.seed, device=args.device,
         steps_per_execution=args.steps_per_execution,
         progress=False if (args.no_progress or args.json) else None, plot=args.plot,
+        checkpoint=args.checkpoint, resume=args.resume,
     )
     if args.json:
         print(json.dumps(result.as_dict()))

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from d2lx import registry
+from d2lx.checkpoint import ModelCheckpoint
 from d2lx.data import SyntheticRegressionData
 from d2lx.errors import InvalidArgumentError
 
@@ -73,8 +74,14 @@ def run_fit(
     steps_per_execution: int = 1,
     progress: bool | None = None,
     plot: str | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
 ) -> FitResult:
-    """Train the seed example once and report errors, losses and fit time."""
+    """Train the seed example once and report errors, losses and fit time.
+
+    ``checkpoint`` saves the run to that file after every epoch; with
+    ``resume`` the run continues from it (written by any backend).
+    """
     namespace = registry.load(backend)
     name = registry.current_backend_name() if backend is None else registry.canonical_name(backend)
     if model not in MODEL_KINDS:
@@ -83,10 +90,13 @@ def run_fit(
                                    num_train=num_train, num_val=num_val,
                                    batch_size=batch_size, seed=seed)
     net = build_model(namespace, model, data.num_inputs, lr, seed)
+    if resume and checkpoint is None:
+        raise InvalidArgumentError("resume needs a checkpoint path; pass checkpoint=PATH (--checkpoint)")
+    callbacks = [] if checkpoint is None else [ModelCheckpoint(checkpoint)]
     trainer = namespace.Trainer(max_epochs=epochs, device=device,
                                 steps_per_execution=steps_per_execution,
-                                progress=progress, plot=plot)
-    history = trainer.fit(net, data)
+                                progress=progress, plot=plot, callbacks=callbacks)
+    history = trainer.fit(net, data, ckpt_path=checkpoint if resume else None)
     w_hat, b_hat = net.get_w_b()
     w_err = data.w - w_hat.reshape(data.w.shape)
     b_err = data.b - float(b_hat.reshape(-1)[0])
@@ -101,8 +111,8 @@ def run_fit(
         b=float(b_hat.reshape(-1)[0]),
         w_error=[float(v) for v in w_err],
         b_error=float(b_err),
-        train_loss=float(history.train_loss[-1]),
-        val_loss=float(history.val_loss[-1]),
+        train_loss=float(history.train_loss[-1]) if len(history) else float("nan"),
+        val_loss=float(history.val_loss[-1]) if len(history) else float("nan"),
         seed=seed,
         framework_version=namespace.framework_version(),
         history=history.as_dict(),

@@ -31,9 +31,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from d2lx import checkpoint
 from d2lx.data import ArrayLoader, ArrayOps, DataModule
 from d2lx.devices import DeviceSpec, resolve_device
-from d2lx.errors import ArgumentTypeError, DivergenceError
+from d2lx.errors import ArgumentTypeError, CheckpointError, DivergenceError, InvalidArgumentError
 from d2lx.history import History, LossMeter
 from d2lx.hyperparameters import HyperParameters
 from d2lx.progress import ProgressBar, progress_enabled
@@ -109,6 +110,7 @@ class TrainerBase(HyperParameters):
         self.train_batch_idx = 0
         self.val_batch_idx = 0
         self.fit_seconds = 0.0
+        self.epochs_done = 0
         self._train_meter = LossMeter(self._losses_to_host)
         self._val_meter = LossMeter(self._losses_to_host)
 
@@ -169,8 +171,14 @@ class TrainerBase(HyperParameters):
             check(X_shape, y_shape)
         self._place_model(model, int(X_shape[1]) if len(X_shape) > 1 else 1)
 
-    def fit(self, model: Any, data: DataModule) -> History:
-        """Train ``model`` on ``data`` for ``max_epochs`` epochs; return the history."""
+    def fit(self, model: Any, data: DataModule, ckpt_path: str | Path | None = None) -> History:
+        """Train ``model`` on ``data`` for ``max_epochs`` epochs; return the history.
+
+        With ``ckpt_path`` (a file from :meth:`save_checkpoint`), training
+        resumes where that checkpoint stopped: same parameters, optimizer
+        state, epoch, step, shuffling order and history, so the result equals
+        an uninterrupted run.
+        """
         start = time.perf_counter()
         self.prepare_data(data)
         self.prepare_model(model)
@@ -178,8 +186,11 @@ class TrainerBase(HyperParameters):
         self.epoch = 0
         self.train_batch_idx = 0
         self.val_batch_idx = 0
+        self.epochs_done = 0
         self.history = History()
-        self._run_epochs(first_epoch=0)
+        if ckpt_path is not None:
+            self._restore(checkpoint.load(ckpt_path), ckpt_path)
+        self._run_epochs(first_epoch=self.epochs_done)
         self.fit_seconds = time.perf_counter() - start
         if self.plot_path is not None:
             self.plot(self.plot_path)
@@ -200,6 +211,7 @@ class TrainerBase(HyperParameters):
                 val_loss = self._val_meter.mean(weighted=True)
                 self.history.append(self.epoch, train_loss, val_loss,
                                     time.perf_counter() - epoch_start)
+                self.epochs_done = epoch + 1
                 bar.update(1, f"train {train_loss:.4g} val {val_loss:.4g}")
                 for callback in self.callbacks:
                     callback(self)
@@ -225,9 +237,69 @@ class TrainerBase(HyperParameters):
             step=step,
         )
 
+    # -- checkpoints -------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write parameters, optimizer state, epoch, step, RNG state and hyperparameters.
+
+        The file is framework-free (``.npz``) and written atomically; see
+        :mod:`d2lx.checkpoint`. Call it after ``fit`` or from a callback
+        (:class:`d2lx.checkpoint.ModelCheckpoint` saves after every epoch).
+        """
+        if self.model is None or self.data is None:
+            raise InvalidArgumentError("nothing to save yet: call fit(model, data) first")
+        w, b = self.model.get_w_b()
+        meta = {
+            "backend": self.backend_name,
+            "model": type(self.model).__name__,
+            "model_hparams": getattr(self.model, "hparams", {}),
+            "data_hparams": getattr(self.data, "hparams", {}),
+            "trainer_hparams": self.hparams,
+            "epoch": self.epochs_done,
+            "step": self.train_batch_idx,
+            "val_step": self.val_batch_idx,
+            "seed": getattr(self.data, "seed", None),
+            "shuffle_rng": self.data.shuffle_rng.bit_generator.state,
+            "history": self.history.as_dict(),
+            "d2lx_version": _version(),
+        }
+        ckpt = checkpoint.Checkpoint(params={"w": w, "b": b}, optimizer=self._optimizer_state(), meta=meta)
+        return checkpoint.save(path, ckpt)
+
+    def _restore(self, ckpt: checkpoint.Checkpoint, path: str | Path) -> None:
+        """Load ``ckpt`` into the prepared model, optimizer, data stream and counters."""
+        kind = type(self.model).__name__
+        if ckpt.meta.get("model") != kind:
+            raise CheckpointError(
+                f"{path} holds a {ckpt.meta.get('model')} but the model is a {kind}; "
+                f"resume with a {ckpt.meta.get('model')} or start without ckpt_path"
+            )
+        w_now, _ = self.model.get_w_b()
+        if ckpt.params["w"].shape != w_now.shape:
+            raise CheckpointError(
+                f"{path} holds w of shape {ckpt.params['w'].shape} but the model's is "
+                f"{w_now.shape}; use data and model of the same width"
+            )
+        self.model.set_w_b(ckpt.params["w"], ckpt.params["b"])
+        self._load_optimizer_state(ckpt.optimizer)
+        assert self.data is not None
+        self.data.shuffle_rng.bit_generator.state = ckpt.meta["shuffle_rng"]
+        self.epochs_done = self.epoch = ckpt.epoch
+        self.train_batch_idx = ckpt.step
+        self.val_batch_idx = int(ckpt.meta.get("val_step", 0))
+        saved = ckpt.meta.get("history", {})
+        for i in range(len(saved.get("epoch", []))):
+            self.history.append(saved["epoch"][i], saved["train_loss"][i], saved["val_loss"][i],
+                                saved["seconds"][i])
+
     # -- results ---------------------------------------------------------------------
     def plot(self, path: str | Path) -> Path:
         """Write the loss curves of the last ``fit`` to ``path`` (PNG)."""
         from d2lx.plotting import plot_history
 
         return plot_history(self.history, path, title=f"{self.backend_name}, {self.device_spec}")
+
+
+def _version() -> str:
+    from d2lx import __version__
+
+    return __version__

@@ -127,8 +127,14 @@ class LinearRegression(_LinearMixin, Module):
             with torch.no_grad():
                 self.net(torch.zeros(1, num_inputs))  # LazyLinear infers its width here
             w, b = initial_linear_params(self._param_rng, num_inputs, self.sigma)
-            self.set_w_b(w, b)
+            super().set_w_b(w, b)
         self.to(device)
+
+    def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
+        """Set the weights; a still-lazy layer is built first with ``w``'s width."""
+        if self._is_lazy():
+            self.materialize(int(np.asarray(w).reshape(-1, 1).shape[0]), torch.device("cpu"))
+        super().set_w_b(w, b)
 
     def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
         check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,3 +27,11 @@ class Module(ModuleBase, nn.Module):
 
     def materialize(self, num_inputs: int, device: torch.device) -> None:
         self.to(device)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Forward a NumPy batch on the model's device; return NumPy (framework-free)."""
+        params = self.param_tensors()
+        device = params[0].device if params else torch.device("cpu")
+        with torch.no_grad():
+            out = self(torch.as_tensor(np.asarray(X, dtype=np.float32), device=device))
+        return out.detach().cpu().numpy()
