@@ -145,4 +145,5 @@ class ModelCheckpoint:
         self.path = Path(path)
 
     def __call__(self, trainer: Any) -> None:
-        trainer.save_checkpoint(self.path)
+        if getattr(trainer, "is_global_zero", True):  # one writer in multi-process runs
+            trainer.save_checkpoint(self.path)

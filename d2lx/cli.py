@@ -51,6 +51,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-train", type=_positive_int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: $D2LX_DEVICE or cpu)")
+    p.add_argument("--devices", type=_positive_int, default=1,
+                   help="data-parallel over N devices (torch: N processes via torchrun)")
     p.add_argument("--steps-per-execution", type=_positive_int, default=1,
                    help="optimizer steps per compiled call, where the backend can fuse them")
     p.add_argument("--plot", default=None, metavar="PATH", help="write the loss curves to this PNG")
@@ -63,16 +65,38 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_fit)
 
 
+def _relaunch_with_torchrun(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """torch data parallelism is one process per device: start them with torchrun."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={args.devices}", "-m", "d2lx", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
+    import os
+
     from d2lx.experiment import run_fit
 
+    backend = registry.canonical_name(args.backend) if args.backend else registry.current_backend_name()
+    if args.devices > 1 and backend == "torch" and "WORLD_SIZE" not in os.environ:
+        return _relaunch_with_torchrun(args, args.argv)
+    if "RANK" in os.environ and os.environ["RANK"] != "0":
+        args.json, quiet = False, True  # only rank 0 reports
+    else:
+        quiet = False
     result = run_fit(
         args.backend, args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         num_train=args.num_train, seed=args.seed, device=args.device,
         steps_per_execution=args.steps_per_execution,
         progress=False if (args.no_progress or args.json) else None, plot=args.plot,
-        checkpoint=args.checkpoint, resume=args.resume,
+        checkpoint=args.checkpoint, resume=args.resume, devices=args.devices,
     )
+    if quiet:
+        return 0
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
@@ -146,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         handler: Handler = args.handler
         return handler(args)

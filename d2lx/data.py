@@ -121,6 +121,20 @@ class ArrayLoader:
             yield tuple(t[start : start + bs] for t in tensors)
 
 
+def shard_slices(length: int, parts: int) -> list[slice]:
+    """Split ``range(length)`` into ``parts`` contiguous slices, sizes differing by at most 1.
+
+    Used by data-parallel training to give each device its part of a global
+    batch (``numpy.array_split`` semantics: the first ``length % parts``
+    shards get one example more; a shard may be empty).
+    """
+    base, extra = divmod(length, parts)
+    bounds = [0]
+    for i in range(parts):
+        bounds.append(bounds[-1] + base + (1 if i < extra else 0))
+    return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
 class DataModule(HyperParameters):
     """Base class of data: d2l's ``DataModule`` without a framework inside.
 

@@ -45,7 +45,9 @@ def parse_device(text: str) -> DeviceSpec:
         )
     if kind == "cpu":
         if index_text not in ("", "0"):
-            raise InvalidArgumentError(f"device {text!r}: d2lx uses one CPU device; use 'cpu'")
+            raise InvalidArgumentError(
+                f"device {text!r}: name the CPU as 'cpu' (use devices=N for several CPU devices)"
+            )
         return DeviceSpec("cpu", 0)
     if index_text == "":
         return DeviceSpec("gpu", 0)
@@ -67,17 +69,42 @@ def resolve_device(device: str | None = None, num_gpus: int = 0) -> DeviceSpec:
                 f"device='cpu' contradicts num_gpus={num_gpus}; pass only one of them"
             )
         return spec
-    if num_gpus > 1:
-        raise InvalidArgumentError(
-            f"num_gpus={num_gpus}: a Trainer uses one device; multi-device training is "
-            "not available yet, pass num_gpus=1 or device='gpu:N'"
-        )
-    if num_gpus == 1:
+    if num_gpus >= 1:  # num_gpus=N > 1 also sets devices=N (see resolve_devices)
         return DeviceSpec("gpu", 0)
     env = os.environ.get(DEVICE_ENV_VAR, "").strip()
     if env:
         return parse_device(env)
     return DeviceSpec("cpu", 0)
+
+
+STRATEGIES = ("data_parallel",)
+
+
+def resolve_devices(
+    device: str | None = None, num_gpus: int = 0, devices: int | None = None, strategy: str | None = None
+) -> tuple[list[DeviceSpec], str | None]:
+    """Resolve the device list and the strategy of a Trainer.
+
+    ``devices=N`` (or d2l's ``num_gpus=N`` with N > 1) asks for N devices of
+    the kind ``device`` names, starting at its index: ``device="gpu",
+    devices=2`` is ``gpu:0, gpu:1``; ``device="cpu", devices=2`` is two CPU
+    devices (JAX host devices, TF logical devices, ``mx.cpu(0..1)``, or two
+    torch processes). More than one device means ``strategy="data_parallel"``.
+    """
+    first = resolve_device(device, num_gpus)
+    if devices is None:
+        devices = num_gpus if num_gpus > 1 else 1
+    devices = check_int("devices", devices, minimum=1, example="2")
+    if num_gpus > 1 and devices != num_gpus:
+        raise InvalidArgumentError(f"num_gpus={num_gpus} contradicts devices={devices}; pass only one")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise InvalidArgumentError(
+            f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)} (or None for one device)"
+        )
+    if devices > 1 and strategy is None:
+        strategy = "data_parallel"
+    specs = [DeviceSpec(first.kind, first.index + i if first.kind == "gpu" else i) for i in range(devices)]
+    return specs, strategy
 
 
 def gpu_unavailable(backend: str, spec: DeviceSpec, visible: int, hint: str) -> DeviceUnavailableError:

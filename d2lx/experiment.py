@@ -76,6 +76,7 @@ def run_fit(
     plot: str | None = None,
     checkpoint: str | None = None,
     resume: bool = False,
+    devices: int = 1,
 ) -> FitResult:
     """Train the seed example once and report errors, losses and fit time.
 
@@ -95,7 +96,8 @@ def run_fit(
     callbacks = [] if checkpoint is None else [ModelCheckpoint(checkpoint)]
     trainer = namespace.Trainer(max_epochs=epochs, device=device,
                                 steps_per_execution=steps_per_execution,
-                                progress=progress, plot=plot, callbacks=callbacks)
+                                progress=progress, plot=plot, callbacks=callbacks,
+                                devices=devices)
     history = trainer.fit(net, data, ckpt_path=checkpoint if resume else None)
     w_hat, b_hat = net.get_w_b()
     w_err = data.w - w_hat.reshape(data.w.shape)
@@ -103,7 +105,7 @@ def run_fit(
     return FitResult(
         backend=name,
         model=model,
-        device=str(trainer.device_spec),
+        device=", ".join(str(s) for s in trainer.device_specs),
         epochs=epochs,
         steps=int(trainer.train_batch_idx),
         fit_seconds=float(trainer.fit_seconds),

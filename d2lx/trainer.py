@@ -33,7 +33,7 @@ import numpy as np
 
 from d2lx import checkpoint
 from d2lx.data import ArrayLoader, ArrayOps, DataModule
-from d2lx.devices import DeviceSpec, resolve_device
+from d2lx.devices import DeviceSpec, resolve_devices
 from d2lx.errors import ArgumentTypeError, CheckpointError, DivergenceError, InvalidArgumentError
 from d2lx.history import History, LossMeter
 from d2lx.hyperparameters import HyperParameters
@@ -60,9 +60,15 @@ class TrainerBase(HyperParameters):
     * ``callbacks``: functions called as ``fn(trainer)`` after every epoch
       (``trainer.epoch`` and ``trainer.history`` are up to date), e.g. to
       record parameters or stop early by raising.
+    * ``devices`` / ``strategy``: ``devices=N`` with
+      ``strategy="data_parallel"`` splits every global batch across N
+      devices on the framework's own distributed engine and averages the
+      gradients, so the run ends where the one-device run ends
+      (``num_gpus=N`` means ``device="gpu", devices=N``).
     """
 
     backend_name: ClassVar[str] = "?"
+    _recording_paused = False  # set by adapters that record a step's loss themselves
 
     def __init__(
         self,
@@ -76,6 +82,8 @@ class TrainerBase(HyperParameters):
         plot: str | Path | None = None,
         check_finite: bool = True,
         callbacks: Sequence[Callable[[TrainerBase], None]] = (),
+        devices: int | None = None,
+        strategy: str | None = None,
     ) -> None:
         self.max_epochs = check_int("max_epochs", max_epochs, minimum=1, example="3")
         self.num_gpus = check_int("num_gpus", num_gpus, minimum=0, example="1")
@@ -100,8 +108,14 @@ class TrainerBase(HyperParameters):
             "gradient_clip_val": self.gradient_clip_val,
             "steps_per_execution": self.steps_per_execution,
         }
-        self.device_spec: DeviceSpec = resolve_device(device, self.num_gpus)
+        self._train_meter = LossMeter(self._losses_to_host)
+        self._val_meter = LossMeter(self._losses_to_host)
+        self.device_specs, self.strategy = resolve_devices(device, self.num_gpus, devices, strategy)
+        self.device_spec: DeviceSpec = self.device_specs[0]
+        self.hparams.update(devices=len(self.device_specs), strategy=self.strategy)
         self.device = self._native_device(self.device_spec)
+        if self.strategy is not None:
+            self._setup_data_parallel(self.device_specs)
         self.history = History()
         self.model: Any = None
         self.data: DataModule | None = None
@@ -111,8 +125,6 @@ class TrainerBase(HyperParameters):
         self.val_batch_idx = 0
         self.fit_seconds = 0.0
         self.epochs_done = 0
-        self._train_meter = LossMeter(self._losses_to_host)
-        self._val_meter = LossMeter(self._losses_to_host)
 
     # -- adapter hooks -----------------------------------------------------------
     def _native_device(self, spec: DeviceSpec) -> Any:
@@ -120,6 +132,18 @@ class TrainerBase(HyperParameters):
 
     def _array_ops(self) -> ArrayOps:
         raise NotImplementedError
+
+    def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
+        """Prepare ``strategy="data_parallel"`` over ``specs`` (adapters that support it)."""
+        raise InvalidArgumentError(
+            f"the {self.backend_name} backend does not support strategy={self.strategy!r} yet; "
+            "train on one device (devices=1)"
+        )
+
+    @property
+    def is_global_zero(self) -> bool:
+        """True in the process that reports and saves (always, unless multi-process)."""
+        return True
 
     def _place_model(self, model: Any, num_inputs: int) -> None:
         raise NotImplementedError
@@ -197,7 +221,7 @@ class TrainerBase(HyperParameters):
         return self.history
 
     def _run_epochs(self, first_epoch: int) -> None:
-        enabled = progress_enabled(self.progress)
+        enabled = progress_enabled(self.progress) and self.is_global_zero
         label = f"{self.backend_name} fit"
         with ProgressBar(self.max_epochs, label, enabled) as bar:
             bar.update(first_epoch)
@@ -219,6 +243,8 @@ class TrainerBase(HyperParameters):
     # -- loss recording and divergence --------------------------------------------
     def record_loss(self, value: Any, train: bool, count: int) -> None:
         """Called by ``Module.log``: keep the loss; stop at once if it is not finite."""
+        if self._recording_paused:
+            return
         if train:
             if self.check_finite and not self._is_finite(value):
                 self.raise_divergence(self.epoch, self.train_batch_idx)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import d2lx
 from d2lx.data import SyntheticRegressionData
-from d2lx.devices import DeviceSpec, parse_device, resolve_device
+from d2lx.devices import DeviceSpec, parse_device, resolve_device, resolve_devices
 from d2lx.validation import check_float, check_int
 
 
@@ -72,5 +72,23 @@ def test_device_parsing_and_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device() == DeviceSpec("cpu", 0)
     with pytest.raises(d2lx.InvalidArgumentError, match="contradicts"):
         resolve_device("cpu", num_gpus=1)
-    with pytest.raises(d2lx.InvalidArgumentError, match="one device"):
-        resolve_device(num_gpus=2)
+    specs, strategy = resolve_devices(num_gpus=2)
+    assert specs == [DeviceSpec("gpu", 0), DeviceSpec("gpu", 1)] and strategy == "data_parallel"
+    specs, strategy = resolve_devices("cpu", devices=2)
+    assert specs == [DeviceSpec("cpu", 0), DeviceSpec("cpu", 1)] and strategy == "data_parallel"
+    assert resolve_devices("gpu:1") == ([DeviceSpec("gpu", 1)], None)
+    with pytest.raises(d2lx.InvalidArgumentError, match="unknown strategy"):
+        resolve_devices(strategy="model_parallel")
+    with pytest.raises(d2lx.InvalidArgumentError, match="contradicts"):
+        resolve_devices(num_gpus=2, devices=3)
+
+
+def test_shard_slices_cover_a_batch_exactly() -> None:
+    from d2lx.data import shard_slices
+
+    for length in range(0, 12):
+        for parts in range(1, 5):
+            slices = shard_slices(length, parts)
+            sizes = [s.stop - s.start for s in slices]
+            assert sum(sizes) == length and max(sizes) - min(sizes) <= 1
+            assert [i for s in slices for i in range(s.start, s.stop)] == list(range(length))

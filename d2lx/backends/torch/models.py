@@ -53,8 +53,12 @@ class LinearRegressionScratch(_LinearMixin, Module):
     """The linear regression model implemented from scratch.
 
     ``w`` (``num_inputs`` x 1, normal(0, ``sigma``)) and ``b`` (zeros) are
-    plain tensors with ``requires_grad``, drawn from d2lx's seeded NumPy
-    stream so every backend starts from the same numbers.
+    explicit ``requires_grad`` tensors, drawn from d2lx's seeded NumPy stream
+    so every backend starts from the same numbers. They are registered as
+    ``nn.Parameter`` (a tensor with ``requires_grad``) rather than left as
+    attributes, so ``.to(device)``, ``state_dict`` and
+    ``DistributedDataParallel`` see them; d2l code reading ``model.w`` works
+    unchanged.
     """
 
     def __init__(self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None) -> None:
@@ -62,8 +66,8 @@ class LinearRegressionScratch(_LinearMixin, Module):
         num_inputs, lr, sigma = check_linear_args(num_inputs, lr, sigma)
         self.save_hyperparameters(ignore=["seed"])
         w, b = initial_linear_params(generator("params", resolve_seed(seed)), num_inputs, sigma)
-        self.w = torch.from_numpy(w).requires_grad_(True)
-        self.b = torch.from_numpy(b).requires_grad_(True)
+        self.w = nn.Parameter(torch.from_numpy(w))
+        self.b = nn.Parameter(torch.from_numpy(b))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return torch.matmul(X, self.w) + self.b
@@ -77,11 +81,6 @@ class LinearRegressionScratch(_LinearMixin, Module):
 
     def param_tensors(self) -> list[torch.Tensor]:
         return [self.w, self.b]
-
-    def materialize(self, num_inputs: int, device: torch.device) -> None:
-        if self.w.device != device:  # re-create the leaves on the device
-            self.w = self.w.detach().to(device).requires_grad_(True)
-            self.b = self.b.detach().to(device).requires_grad_(True)
 
     def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
         check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)

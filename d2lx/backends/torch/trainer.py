@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from d2lx.backends.torch.distributed import DataParallel
 from d2lx.backends.torch.ops import TorchOps
 from d2lx.devices import DeviceSpec, gpu_unavailable
+from d2lx.history import LossMeter
 from d2lx.trainer import TrainerBase
 
 
@@ -20,6 +22,22 @@ class Trainer(TrainerBase):
     """
 
     backend_name = "torch"
+    _dp: DataParallel | None = None
+
+    # -- data parallel (one process per device; see distributed.py) --------------
+    def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
+        self._dp = DataParallel(specs)
+        self.device_spec = self._dp.spec
+        self.device = self._native_device(self._dp.spec)
+        self._train_meter = LossMeter(self._dp_losses_to_host)
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._dp is None or self._dp.rank == 0
+
+    def _dp_losses_to_host(self, values: list[Any]) -> np.ndarray:
+        assert self._dp is not None
+        return self._dp.sum_over_processes(torch.stack([v.detach().reshape(()) for v in values]))
 
     def _native_device(self, spec: DeviceSpec) -> torch.device:
         if spec.kind == "cpu":
@@ -37,6 +55,9 @@ class Trainer(TrainerBase):
 
     def _place_model(self, model: Any, num_inputs: int) -> None:
         model.materialize(num_inputs, self.device)
+        if self._dp is not None:
+            self._dp.check_batches(self.train_dataloader.num_examples, self.train_dataloader.batch_size)
+            self._dp.wrap(model, self.device)
 
     def _losses_to_host(self, values: list[Any]) -> np.ndarray:
         return torch.stack([v.detach().reshape(()) for v in values]).double().cpu().numpy()
@@ -53,6 +74,13 @@ class Trainer(TrainerBase):
             g.mul_(scale)
 
     def fit_epoch(self) -> None:
+        if self._dp is not None:
+            self._fit_epoch_data_parallel()
+        else:
+            self._fit_epoch_one_device()
+        self._validate()
+
+    def _fit_epoch_one_device(self) -> None:
         self.model.train()
         for batch in self.train_dataloader:
             loss = self.model.training_step(self.prepare_batch(batch))
@@ -62,6 +90,32 @@ class Trainer(TrainerBase):
                 self.clip_gradients(self.gradient_clip_val, self.model)
             self.optim.step()
             self.train_batch_idx += 1
+
+    def _fit_epoch_data_parallel(self) -> None:
+        dp = self._dp
+        assert dp is not None and dp.step_module is not None
+        self.model.train()
+        for batch in self.train_dataloader:
+            shard, weight = dp.shard(self.prepare_batch(batch))
+            self._recording_paused = True  # the step's own log() sees only this shard
+            try:
+                loss = dp.step_module(shard) * weight
+            finally:
+                self._recording_paused = False
+            if self.check_finite and not dp.all_finite(loss):
+                self.raise_divergence(self.epoch, self.train_batch_idx)
+            # Summed over processes at the end of the epoch: the global batch's mean loss.
+            self._train_meter.add(loss.detach() / dp.world, int(batch[-1].shape[0]))
+            self.optim.zero_grad()
+            loss.backward()
+            if self.gradient_clip_val > 0:
+                self.clip_gradients(self.gradient_clip_val, self.model)
+            self.optim.step()
+            self.train_batch_idx += 1
+
+    def _validate(self) -> None:
+        # Under data parallelism every process evaluates the whole (small)
+        # validation set with identical parameters, so no reduction is needed.
         if self.val_dataloader is None:
             return
         self.model.eval()
