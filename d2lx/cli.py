@@ -45,6 +45,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    help=f"torch, jax, tensorflow or mxnet (default: ${registry.BACKEND_ENV_VAR} or torch)")
     p.add_argument("--model", choices=("scratch", "concise"), default="scratch",
                    help="3.4 from-scratch model or 3.5 concise model (default: scratch)")
+    p.add_argument("--loss", choices=("squared", "huber"), default="squared",
+                   help="the model's d2l loss, or Huber's robust loss (d2l 3.5.6 ex. 2)")
+    p.add_argument("--huber-sigma", type=_number, default=1.0, help="sigma of the Huber loss")
     p.add_argument("--epochs", type=_positive_int, default=3)
     p.add_argument("--lr", type=_number, default=0.03)
     p.add_argument("--batch-size", type=_positive_int, default=32)
@@ -94,6 +97,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         steps_per_execution=args.steps_per_execution,
         progress=False if (args.no_progress or args.json) else None, plot=args.plot,
         checkpoint=args.checkpoint, resume=args.resume, devices=args.devices,
+        loss=args.loss, huber_sigma=args.huber_sigma,
     )
     if quiet:
         return 0

@@ -48,12 +48,17 @@ class FitResult:
         return asdict(self)
 
 
-def build_model(namespace: Any, kind: str, num_inputs: int, lr: float, seed: int | None) -> Any:
-    """Build the scratch or concise linear regression of one backend namespace."""
+def build_model(
+    namespace: Any, kind: str, num_inputs: int, lr: float, seed: int | None, **loss: Any
+) -> Any:
+    """Build the scratch or concise linear regression of one backend namespace.
+
+    ``loss`` may hold ``loss="huber"`` and ``huber_sigma=...``.
+    """
     if kind == "scratch":
-        return namespace.LinearRegressionScratch(num_inputs, lr=lr, seed=seed)
+        return namespace.LinearRegressionScratch(num_inputs, lr=lr, seed=seed, **loss)
     if kind == "concise":
-        return namespace.LinearRegression(lr=lr, seed=seed)
+        return namespace.LinearRegression(lr=lr, seed=seed, **loss)
     raise InvalidArgumentError(f"unknown model {kind!r}; use one of: {', '.join(MODEL_KINDS)}")
 
 
@@ -77,6 +82,8 @@ def run_fit(
     checkpoint: str | None = None,
     resume: bool = False,
     devices: int = 1,
+    loss: str = "squared",
+    huber_sigma: float = 1.0,
 ) -> FitResult:
     """Train the seed example once and report errors, losses and fit time.
 
@@ -90,7 +97,8 @@ def run_fit(
     data = SyntheticRegressionData(w=np.asarray(w, dtype=np.float64), b=b, noise=noise,
                                    num_train=num_train, num_val=num_val,
                                    batch_size=batch_size, seed=seed)
-    net = build_model(namespace, model, data.num_inputs, lr, seed)
+    loss_args = {} if loss == "squared" else {"loss": loss, "huber_sigma": huber_sigma}
+    net = build_model(namespace, model, data.num_inputs, lr, seed, **loss_args)
     if resume and checkpoint is None:
         raise InvalidArgumentError("resume needs a checkpoint path; pass checkpoint=PATH (--checkpoint)")
     callbacks = [] if checkpoint is None else [ModelCheckpoint(checkpoint)]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from d2lx.errors import ShapeMismatchError
+from d2lx.errors import InvalidArgumentError, ShapeMismatchError
 from d2lx.hyperparameters import HyperParameters
 from d2lx.validation import check_float, check_int
 
@@ -62,6 +62,33 @@ class ModuleBase(HyperParameters):
     def get_w_b(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the weight ``(num_inputs, 1)`` and bias ``(1,)`` as NumPy float32."""
         raise NotImplementedError(f"{type(self).__name__} has no linear weights to return")
+
+    def get_grads(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the last step's gradients of ``w`` and ``b`` (layout of :meth:`get_w_b`).
+
+        d2l 3.5.6, exercise 3: "how do you access the gradient of the weights?"
+        These are the gradients the optimizer applied (after clipping and,
+        under data parallelism, after averaging across devices).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no linear weights")
+
+
+LOSSES = ("squared", "huber")
+
+
+def check_loss_args(loss: Any, huber_sigma: Any) -> tuple[str, float]:
+    """Validate the loss choice shared by both linear models on every backend.
+
+    ``loss="squared"`` is the model's d2l loss (scratch: ``(y_hat-y)**2/2``;
+    concise: the MSE). ``loss="huber"`` is Huber's robust loss of d2l 3.5.6,
+    exercise 2: ``|r| - sigma/2`` if ``|r| > sigma`` else ``r**2 / (2 sigma)``,
+    averaged over the batch, computed with the framework's own Huber loss. Its
+    ``sigma`` is called ``huber_sigma`` here because ``sigma`` already names
+    the standard deviation of the initial weights in d2l's signatures.
+    """
+    if loss not in LOSSES:
+        raise InvalidArgumentError(f"unknown loss {loss!r}; use one of: {', '.join(LOSSES)}")
+    return loss, check_float("huber_sigma", huber_sigma, positive=True, example="1.0")
 
 
 def _batch_len(batch: Any) -> int:

@@ -24,11 +24,14 @@ def sgd_oracle(
     seed: int,
     sigma: float = 0.01,
     loss: str = "squared",
+    huber_sigma: float = 1.0,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Return ``(w, b)`` after each epoch; ``w`` is ``(n, 1)``, ``b`` is ``(1,)``.
 
     ``model="scratch"``: loss mean((y_hat - y)^2 / 2) (d2l 3.4).
     ``model="concise"``: loss mean((y_hat - y)^2), the MSE (d2l 3.5).
+    ``loss="huber"`` (either model): the seed's formula (d2l 3.5.6, ex. 2),
+    ``|r| - s/2`` if ``|r| > s`` else ``r^2 / (2 s)`` with ``s = huber_sigma``.
     """
     X = X.astype(np.float64)
     y = y.astype(np.float64).reshape(-1, 1)
@@ -43,9 +46,32 @@ def sgd_oracle(
             idx = order[start : start + batch_size]
             xb, yb = X[idx], y[idx]
             r = xb @ w + b - yb
-            grad_w = scale * xb.T @ r / len(idx)
-            grad_b = scale * r.mean(axis=0)
+            dl_dr = huber_grad(r, huber_sigma) if loss == "huber" else scale * r
+            grad_w = xb.T @ dl_dr / len(idx)
+            grad_b = dl_dr.mean(axis=0)
             w = w - lr * grad_w
             b = b - lr * grad_b
         out.append((w.copy(), b.copy()))
     return out
+
+
+def huber(r: np.ndarray, sigma: float) -> np.ndarray:
+    """The seed's Huber loss, elementwise (d2l 3.5.6, eq. 3.5.1)."""
+    a = np.abs(r)
+    return np.where(a > sigma, a - sigma / 2, r**2 / (2 * sigma))
+
+
+def huber_grad(r: np.ndarray, sigma: float) -> np.ndarray:
+    """d huber / d r, closed form."""
+    return np.where(np.abs(r) > sigma, np.sign(r), r / sigma)
+
+
+def grads_at(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, *, model: str,
+             loss: str = "squared", huber_sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form gradients of the batch-mean loss at (w, b)."""
+    r = X.astype(np.float64) @ w + b - y.astype(np.float64).reshape(-1, 1)
+    if loss == "huber":
+        dl_dr = huber_grad(r, huber_sigma)
+    else:
+        dl_dr = r if model == "scratch" else 2 * r
+    return X.T @ dl_dr / len(X), dl_dr.mean(axis=0)

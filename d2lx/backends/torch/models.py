@@ -10,7 +10,7 @@ from torch import nn
 
 from d2lx.backends.torch.module import Module
 from d2lx.hyperparameters import HyperParameters
-from d2lx.module import check_linear_args, check_regression_shapes
+from d2lx.module import check_linear_args, check_loss_args, check_regression_shapes
 from d2lx.seeding import generator, initial_linear_params, resolve_seed
 
 
@@ -42,6 +42,17 @@ class _LinearMixin:
         return (w.detach().cpu().numpy().reshape(-1, 1).copy(),
                 b.detach().cpu().numpy().reshape(1).copy())
 
+    def get_grads(self) -> tuple[np.ndarray, np.ndarray]:
+        w, b = self._w_b_tensors()
+        if w.grad is None or b.grad is None:
+            raise RuntimeError(f"{type(self).__name__} has no gradients yet: train it first")
+        return (w.grad.detach().cpu().numpy().reshape(-1, 1).copy(),
+                b.grad.detach().cpu().numpy().reshape(1).copy())
+
+    def _make_loss(self, loss: str, huber_sigma: float) -> nn.Module | None:
+        """``nn.HuberLoss(delta=s)`` is ``s`` times d2l's Huber loss with sigma ``s``."""
+        return nn.HuberLoss(delta=huber_sigma) if loss == "huber" else None
+
     def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
         tw, tb = self._w_b_tensors()
         with torch.no_grad():
@@ -61,10 +72,17 @@ class LinearRegressionScratch(_LinearMixin, Module):
     unchanged.
     """
 
-    def __init__(self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None) -> None:
+    def __init__(
+        self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None,
+        loss: str = "squared", huber_sigma: float = 1.0,
+    ) -> None:
         super().__init__()
         num_inputs, lr, sigma = check_linear_args(num_inputs, lr, sigma)
-        self.save_hyperparameters(ignore=["seed"])
+        loss, huber_sigma = check_loss_args(loss, huber_sigma)
+        self.save_hyperparameters(ignore=["seed", "loss"])
+        self.loss_name = loss
+        self.hparams["loss"] = loss  # not an attribute: it would hide the loss() method
+        self.huber = self._make_loss(loss, huber_sigma)
         w, b = initial_linear_params(generator("params", resolve_seed(seed)), num_inputs, sigma)
         self.w = nn.Parameter(torch.from_numpy(w))
         self.b = nn.Parameter(torch.from_numpy(b))
@@ -73,6 +91,8 @@ class LinearRegressionScratch(_LinearMixin, Module):
         return torch.matmul(X, self.w) + self.b
 
     def loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.huber is not None:
+            return self.huber(y_hat, y) / self.huber_sigma
         l = (y_hat - y) ** 2 / 2
         return l.mean()
 
@@ -97,18 +117,27 @@ class LinearRegression(_LinearMixin, Module):
     width is known, from d2lx's seeded stream (normal(0, ``sigma``), bias 0).
     """
 
-    def __init__(self, lr: float, *, sigma: float = 0.01, seed: int | None = None) -> None:
+    def __init__(
+        self, lr: float, *, sigma: float = 0.01, seed: int | None = None,
+        loss: str = "squared", huber_sigma: float = 1.0,
+    ) -> None:
         super().__init__()
         _, lr, sigma = check_linear_args(None, lr, sigma)
-        self.save_hyperparameters(ignore=["seed"])
+        loss, huber_sigma = check_loss_args(loss, huber_sigma)
+        self.save_hyperparameters(ignore=["seed", "loss"])
+        self.loss_name = loss
+        self.hparams["loss"] = loss  # not an attribute: it would hide the loss() method
         self.net = nn.LazyLinear(1)
-        self.loss_fn = nn.MSELoss()
+        self.loss_fn = self._make_loss(loss, huber_sigma) or nn.MSELoss()
+        self._loss_scale = 1.0 / huber_sigma if loss == "huber" else 1.0
         self._param_rng = generator("params", resolve_seed(seed))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.net(X)
 
     def loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._loss_scale != 1.0:
+            return self.loss_fn(y_hat, y) * self._loss_scale
         return self.loss_fn(y_hat, y)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -141,4 +170,4 @@ class LinearRegression(_LinearMixin, Module):
     def _w_b_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._is_lazy():
             raise RuntimeError("LinearRegression has no weights before its first fit (lazy layer)")
-        return self.net.weight.data, self.net.bias.data
+        return self.net.weight, self.net.bias
