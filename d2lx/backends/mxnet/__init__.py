@@ -16,8 +16,17 @@ reject them).
 
 from __future__ import annotations
 
-import mxnet as _mx
-from mxnet import npx as _npx
+import warnings as _warnings
+
+# MXNet 1.9.1's import touches NumPy names deprecated long after its release
+# (`np.bool`, `np.pv`, distutils' LooseVersion). The warnings are about
+# MXNet's own code, which will never change; silencing them here keeps them
+# out of users' logs and lets `python -W error::DeprecationWarning` import
+# the backend. Only the import is covered; later warnings are untouched.
+with _warnings.catch_warnings():
+    _warnings.simplefilter("ignore", DeprecationWarning)
+    import mxnet as _mx
+    from mxnet import npx as _npx
 
 _npx.set_np()
 
