@@ -274,7 +274,10 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
         ax.set_yscale("log")
         if result.kind in ("lr", "data"):
             ax.set_xscale("log")
-        ax.yaxis.set_minor_formatter(ticker.NullFormatter())  # label decades only
+        # Ticks at 1, 2, 5 x 10^k, labelled unless the axis spans many decades.
+        ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False,
+                                                                     minor_thresholds=(2.5, 2.5)))
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("estimation error")
