@@ -1,4 +1,4 @@
-"""The ``d2lx`` command line: ``d2lx fit``, ``d2lx info``.
+"""The ``d2lx`` command line: ``d2lx fit``, ``d2lx info``, ``d2lx sweep``.
 
 Every deliberate failure (:class:`d2lx.errors.D2lxError`) is printed as one
 line on stderr, ``d2lx: error: <cause and fix>``, with exit status 2 and no
@@ -159,6 +159,70 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 #: Subcommand registrars; later features (bench, sweep) add themselves here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_fit, _add_info]
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from d2lx import sweep
+
+    p = sub.add_parser(
+        "sweep", help="estimation error against lr, epochs or data size (d2l 3.5 exercises 4-5)",
+        description="Train the seed example once per grid point (and backend) and write "
+                    "OUT/sweep_<kind>.csv and OUT/sweep_<kind>.png with the errors "
+                    "||w_hat - w|| and |b_hat - b| against the swept value.")
+    p.add_argument("kind", choices=sweep.SWEEP_KINDS,
+                   help="lr: learning rates; epochs: 1..N epochs; data: training set sizes")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--backend", default=None,
+                       help=f"one backend (default: ${registry.BACKEND_ENV_VAR} or torch)")
+    which.add_argument("--backends", default=None, metavar="B1,B2,...",
+                       help="several backends, overlaid on one plot, e.g. torch,jax")
+    p.add_argument("--model", choices=("scratch", "concise"), default="concise",
+                   help="3.4 from-scratch model or 3.5 concise model (default: concise)")
+    p.add_argument("--values", default=None, metavar="V1,V2,...",
+                   help="the grid (default: lr 0.001..1, epochs 1..--max-epochs, "
+                        "data 5,10,20,50,...,10000)")
+    p.add_argument("--max-epochs", type=_positive_int, default=sweep.MAX_EPOCHS,
+                   help="epochs sweep: the grid 1..N when --values is not given (default: 10)")
+    p.add_argument("--lr", type=_number, default=0.03, help="learning rate (epochs and data sweeps)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=_positive_int, default=None,
+                        help="epochs per run (lr sweep: default 3; data sweep: same epochs at every size)")
+    budget.add_argument("--steps", type=_positive_int, default=None,
+                        help=f"data sweep: at least this many SGD steps at every size "
+                             f"(default {sweep.DATA_STEPS})")
+    p.add_argument("--num-train", type=_positive_int, default=1000,
+                   help="training examples (lr and epochs sweeps)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="capped at the data size")
+    p.add_argument("--noise", type=_number, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: $D2LX_DEVICE or cpu)")
+    p.add_argument("--out", default="sweeps", metavar="DIR", help="output folder (default: sweeps)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from d2lx.sweep import run_sweep
+
+    result, csv_path, png_path = run_sweep(
+        args.kind, args.out,
+        values=None if args.values is None else args.values.split(","),
+        backends=args.backends if args.backends is not None else args.backend,
+        model=args.model, seed=args.seed, lr=args.lr, epochs=args.epochs, steps=args.steps,
+        num_train=args.num_train, batch_size=args.batch_size, noise=args.noise,
+        max_epochs=args.max_epochs, device=args.device,
+        progress=False if args.no_progress else None,
+    )
+    print(f"{'backend':<11} {'lr':>8} {'n':>6} {'epochs':>6} {'steps':>6} {'|w err|':>10} {'|b err|':>10}")
+    for p in result.points:
+        flag = "" if p.status == "ok" else f"  {p.status}"
+        print(f"{p.backend:<11} {p.lr:>8g} {p.num_train:>6} {p.epochs:>6} {p.steps:>6} "
+              f"{p.w_error_norm:>10.3g} {p.b_error_abs:>10.3g}{flag}")
+    print(f"wrote {csv_path} and {png_path}")
+    return 0
+
+
+SUBCOMMANDS.append(_add_sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,9 +86,12 @@ class Trainer(TrainerBase):
             loss = self.model.training_step(self.prepare_batch(batch))
             self.optim.zero_grad()
             loss.backward()
-            if self.gradient_clip_val > 0:
-                self.clip_gradients(self.gradient_clip_val, self.model)
-            self.optim.step()
+            # As in d2l: the update runs outside autograd, so a hand-written
+            # optimizer's in-place `param -= lr * param.grad` on a leaf works.
+            with torch.no_grad():
+                if self.gradient_clip_val > 0:
+                    self.clip_gradients(self.gradient_clip_val, self.model)
+                self.optim.step()
             self.train_batch_idx += 1
 
     def _fit_epoch_data_parallel(self) -> None:

@@ -1,0 +1,326 @@
+"""Parameter sweeps over the seed experiment: ``d2lx sweep lr|epochs|data``.
+
+Exercises 4 and 5 of d2l 3.5 ask how the learned ``w`` and ``b`` change with
+the learning rate, the number of epochs and the amount of data. A sweep runs
+:func:`d2lx.experiment.run_fit` once per grid point and backend, records the
+estimation errors ``||w_hat - w||`` and ``|b_hat - b|``, and writes them to a
+CSV file and a PNG plot (several backends are overlaid on one plot).
+
+What is held fixed:
+
+* ``lr``: ``epochs`` epochs on ``num_train`` examples; only the step size changes.
+* ``epochs``: ``lr`` and ``num_train`` fixed; each point is a fresh seeded run of
+  that many epochs (a prefix of the longest run, since runs are deterministic).
+* ``data``: by default every size gets the same optimizer budget, at least
+  ``steps`` minibatch steps (``epochs = ceil(steps / batches per epoch)``), so
+  the plot shows the effect of *data*, not of training longer on bigger sets.
+  Pass ``epochs=`` instead to train every size for the same number of epochs,
+  as d2l's code would (then small sets also get few steps).
+
+``batch_size`` is capped at the training set size (``min(batch_size, n)``). A
+grid point whose loss diverges (``lr`` too large) is recorded with status
+``diverged`` and NaN errors; the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from d2lx import registry
+from d2lx.errors import DivergenceError, InvalidArgumentError
+from d2lx.experiment import MODEL_KINDS, SEED_B, SEED_W, run_fit
+from d2lx.progress import ProgressBar, progress_enabled
+
+SweepKind = Literal["lr", "epochs", "data"]
+SWEEP_KINDS: tuple[str, ...] = ("lr", "epochs", "data")
+
+#: Default grids. Data sizes follow d2l's hint (5, 10, 20, 50, ..., 10,000):
+#: logarithmic, because the error shrinks like a power of n.
+DATA_SIZES: tuple[int, ...] = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+LEARNING_RATES: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+MAX_EPOCHS = 10
+DATA_STEPS = 1000
+
+_LABELS = {"lr": "learning rate", "epochs": "epochs", "data": "training examples (n)"}
+
+
+@dataclass
+class SweepPoint:
+    """One grid point on one backend (one CSV row)."""
+
+    sweep: str
+    backend: str
+    model: str
+    value: float | int  # the swept value: lr, epochs or num_train (int for the last two)
+    lr: float
+    epochs: int
+    num_train: int
+    batch_size: int
+    steps: int
+    seed: int | None
+    w_error_norm: float  # ||w_hat - w||_2
+    b_error_abs: float  # |b_hat - b|
+    train_loss: float
+    fit_seconds: float
+    status: str  # "ok" or "diverged"
+    framework_version: str
+
+
+@dataclass
+class SweepResult:
+    """All points of a sweep, plus the settings needed to read them."""
+
+    kind: str
+    backends: list[str]
+    model: str
+    points: list[SweepPoint] = field(default_factory=list)
+    noise: float = 0.01
+    num_inputs: int = len(SEED_W)
+
+    def errors(self, backend: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(values, w_error_norm, b_error_abs)`` of one backend, in grid order."""
+        rows = [p for p in self.points if p.backend == backend]
+        return (np.array([p.value for p in rows], dtype=float),
+                np.array([p.w_error_norm for p in rows], dtype=float),
+                np.array([p.b_error_abs for p in rows], dtype=float))
+
+
+def parse_backends(backends: str | Sequence[str] | None) -> list[str]:
+    """``"torch,jax"`` or ``["torch", "jax"]`` -> canonical names, in order, no repeats.
+
+    ``None`` means the active backend. Every backend is imported here, so a
+    missing framework fails before the first run, naming its install command.
+    """
+    if backends is None:
+        names = [registry.current_backend_name()]
+    else:
+        items = backends.split(",") if isinstance(backends, str) else list(backends)
+        names = [item for item in (str(b).strip() for b in items) if item]
+        if not names:
+            raise InvalidArgumentError("no backend given; pass e.g. --backends torch,jax")
+    result: list[str] = []
+    for name in names:
+        key = registry.canonical_name(name)
+        if key not in result:
+            result.append(key)
+    for key in result:
+        registry.load(key)  # BackendNotInstalledError names the install command
+    return result
+
+
+def _grid(kind: str, values: Iterable[float | int | str] | None, max_epochs: int) -> list[float]:
+    if values is None:
+        if kind == "data":
+            return [float(v) for v in DATA_SIZES]
+        if kind == "lr":
+            return list(LEARNING_RATES)
+        return [float(e) for e in range(1, max_epochs + 1)]
+    grid: list[float] = []
+    for raw in values:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(
+                f"sweep {kind}: grid value {raw!r} is not a number; pass e.g. --values 5,10,20"
+            ) from None
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidArgumentError(f"sweep {kind}: grid values must be positive, got {raw!r}")
+        if kind in ("data", "epochs") and value != int(value):
+            raise InvalidArgumentError(
+                f"sweep {kind}: grid values must be whole numbers, got {raw!r}"
+            )
+        grid.append(value)
+    if not grid:
+        raise InvalidArgumentError(f"sweep {kind}: the grid is empty; pass at least one value")
+    return grid
+
+
+def sweep(
+    kind: str,
+    values: Iterable[float | int | str] | None = None,
+    *,
+    backends: str | Sequence[str] | None = None,
+    model: str = "concise",
+    seed: int | None = 0,
+    lr: float = 0.03,
+    epochs: int | None = None,
+    steps: int | None = None,
+    num_train: int = 1000,
+    batch_size: int = 32,
+    noise: float = 0.01,
+    max_epochs: int = MAX_EPOCHS,
+    device: str | None = None,
+    progress: bool | None = None,
+) -> SweepResult:
+    """Run a sweep and return its points (nothing is written; see :func:`run_sweep`).
+
+    ``kind`` is ``"lr"``, ``"epochs"`` or ``"data"``; ``values`` the grid
+    (default: :data:`LEARNING_RATES`, ``1..max_epochs`` or :data:`DATA_SIZES`).
+    ``epochs`` (default 3) is the training length of the ``lr`` sweep; for the
+    ``data`` sweep pass either ``epochs`` or ``steps`` (default
+    :data:`DATA_STEPS` steps at every size). The other settings are those of
+    :func:`d2lx.experiment.run_fit`.
+    """
+    if kind not in SWEEP_KINDS:
+        raise InvalidArgumentError(f"unknown sweep {kind!r}; use one of: {', '.join(SWEEP_KINDS)}")
+    if model not in MODEL_KINDS:
+        raise InvalidArgumentError(f"unknown model {model!r}; use one of: {', '.join(MODEL_KINDS)}")
+    if epochs is not None and steps is not None:
+        raise InvalidArgumentError("pass epochs or steps, not both (steps sets the epochs per size)")
+    if steps is not None and kind != "data":
+        raise InvalidArgumentError(f"steps applies to the data sweep only, not to sweep {kind}")
+    if kind == "epochs" and epochs is not None:
+        raise InvalidArgumentError("sweep epochs sweeps the epochs; set the grid with values or max_epochs")
+    if kind == "data" and epochs is None and steps is None:
+        steps = DATA_STEPS
+    names = parse_backends(backends)
+    grid = _grid(kind, values, max_epochs)
+    result = SweepResult(kind=kind, backends=names, model=model, noise=noise)
+    enabled = progress_enabled(progress)
+    with ProgressBar(len(grid) * len(names), f"sweep {kind}", enabled) as bar:
+        for name in names:
+            for value in grid:
+                point = _run_point(kind, value, name, model=model, seed=seed, lr=lr, epochs=epochs,
+                                   steps=steps, num_train=num_train, batch_size=batch_size,
+                                   noise=noise, device=device)
+                result.points.append(point)
+                bar.update(1, f"{name} {kind}={value:g} |w err| {point.w_error_norm:.3g}")
+    return result
+
+
+def _run_point(kind: str, value: float, backend: str, *, model: str, seed: int | None, lr: float,
+               epochs: int | None, steps: int | None, num_train: int, batch_size: int,
+               noise: float, device: str | None) -> SweepPoint:
+    n = int(value) if kind == "data" else num_train
+    rate = value if kind == "lr" else lr
+    bs = min(batch_size, n)
+    if kind == "epochs":
+        n_epochs = int(value)
+    elif kind == "data" and steps is not None:
+        n_epochs = max(1, math.ceil(steps / math.ceil(n / bs)))
+    else:
+        n_epochs = 3 if epochs is None else epochs
+    def point(**outcome: Any) -> SweepPoint:
+        shown = rate if kind == "lr" else (n if kind == "data" else n_epochs)
+        return SweepPoint(sweep=kind, backend=backend, model=model, value=shown, lr=rate,
+                          epochs=n_epochs, num_train=n, batch_size=bs, seed=seed, **outcome)
+
+    try:
+        fit = run_fit(backend, model, epochs=n_epochs, lr=rate, batch_size=bs, num_train=n,
+                      num_val=0, w=SEED_W, b=SEED_B, noise=noise, seed=seed, device=device,
+                      progress=False)
+    except DivergenceError as exc:
+        nan = float("nan")
+        return point(steps=exc.step, w_error_norm=nan, b_error_abs=nan, train_loss=nan,
+                     fit_seconds=nan, status="diverged",
+                     framework_version=registry.load(backend).framework_version())
+    return point(steps=fit.steps, w_error_norm=float(np.linalg.norm(fit.w_error)),
+                 b_error_abs=abs(fit.b_error), train_loss=fit.train_loss,
+                 fit_seconds=fit.fit_seconds, status="ok", framework_version=fit.framework_version)
+
+
+def write_csv(result: SweepResult, path: str | Path) -> Path:
+    """Write one row per grid point and backend; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = [f.name for f in fields(SweepPoint)]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for point in result.points:
+            writer.writerow(asdict(point))
+    return path
+
+
+def plot_sweep(result: SweepResult, path: str | Path) -> Path:
+    """Plot ``||w_hat - w||`` and ``|b_hat - b|`` against the swept value (PNG, Agg)."""
+    from d2lx.plotting import _pyplot
+
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120, sharex=True)
+    titles = (r"$\|\hat{\mathbf{w}} - \mathbf{w}\|_2$", r"$|\hat{b} - b|$")
+    markers = "osD^v<>"
+    for i, name in enumerate(result.backends):
+        x, w_err, b_err = result.errors(name)
+        for ax, err in zip(axes, (w_err, b_err)):
+            ok = np.isfinite(err) & (err > 0)
+            ax.plot(x[ok], err[ok], marker=markers[i % len(markers)], ms=4, lw=1.2,
+                    label=name, alpha=0.85)
+            bad = ~np.isfinite(err)
+            if bad.any():  # diverged: an x at the top edge of the axes
+                ax.plot(x[bad], np.full(bad.sum(), 0.96), "x", color="crimson", ms=7,
+                        transform=ax.get_xaxis_transform(), clip_on=False,
+                        label="diverged" if i == 0 else None)
+    if result.kind == "data":  # the least-squares rate, for exercise 5.2
+        n = np.array(sorted({p.value for p in result.points}), dtype=float)
+        d = result.num_inputs
+        axes[0].plot(n, result.noise * np.sqrt(d / n), "--", color="grey", lw=1,
+                     label=r"$\sigma\sqrt{d/n}$")
+        axes[1].plot(n, result.noise / np.sqrt(n), "--", color="grey", lw=1, label=r"$\sigma/\sqrt{n}$")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(_LABELS[result.kind])
+        ax.set_yscale("log")
+        if result.kind in ("lr", "data"):
+            ax.set_xscale("log")
+        # Ticks at 1, 2, 5 x 10^k, labelled unless the axis spans many decades.
+        ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False,
+                                                                     minor_thresholds=(2.5, 2.5)))
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("estimation error")
+    first = result.points[0] if result.points else None
+    held = ""
+    if first is not None:
+        if result.kind == "lr":
+            held = f"{first.epochs} epochs, n={first.num_train}"
+        elif result.kind == "epochs":
+            held = f"lr={first.lr:g}, n={first.num_train}"
+        else:
+            epochs = {p.epochs for p in result.points}
+            budget = f"{first.epochs} epochs" if len(epochs) == 1 else "same step budget per size"
+            held = f"lr={first.lr:g}, {budget}"
+        held += f", batch<={max(p.batch_size for p in result.points)}, seed {first.seed}"
+    fig.suptitle(f"d2lx sweep {result.kind}: {result.model} model ({held})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_sweep(kind: str, out: str | Path = "sweeps", **kwargs: Any) -> tuple[SweepResult, Path, Path]:
+    """:func:`sweep` (same keyword arguments), then write ``OUT/sweep_<kind>.csv`` and
+    ``OUT/sweep_<kind>.png``; return the result and both paths."""
+    result = sweep(kind, **kwargs)
+    folder = Path(out)
+    csv_path = write_csv(result, folder / f"sweep_{kind}.csv")
+    png_path = plot_sweep(result, folder / f"sweep_{kind}.png")
+    return result, csv_path, png_path
+
+
+__all__ = [
+    "DATA_SIZES",
+    "DATA_STEPS",
+    "LEARNING_RATES",
+    "MAX_EPOCHS",
+    "SWEEP_KINDS",
+    "SweepPoint",
+    "SweepResult",
+    "parse_backends",
+    "plot_sweep",
+    "run_sweep",
+    "sweep",
+    "write_csv",
+]
