@@ -111,9 +111,10 @@ class Trainer(TrainerBase):
             self._train_meter.add(loss.detach() / dp.world, int(batch[-1].shape[0]))
             self.optim.zero_grad()
             loss.backward()
-            if self.gradient_clip_val > 0:
-                self.clip_gradients(self.gradient_clip_val, self.model)
-            self.optim.step()
+            with torch.no_grad():
+                if self.gradient_clip_val > 0:
+                    self.clip_gradients(self.gradient_clip_val, self.model)
+                self.optim.step()
             self.train_batch_idx += 1
 
     def _validate(self) -> None:
