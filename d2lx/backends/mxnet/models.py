@@ -233,12 +233,14 @@ class LinearRegression(_LinearMixin, Module):
     def configure_optimizers(self) -> gluon.Trainer:
         """Gluon's SGD; on several contexts it sums their gradients in a ``device`` kvstore.
 
-        ``update_on_kvstore=False`` (Gluon's own default on one machine, spelled
-        out): the kvstore only all-reduces the gradients and every context
-        applies the update itself. That lets the trainer call
+        ``update_on_kvstore=False`` (Gluon's default for dense parameters is
+        ``True``, via ``$MXNET_UPDATE_ON_KVSTORE``): the kvstore only
+        all-reduces the gradients into every context's gradient buffer and
+        each context applies the update itself. That lets the trainer call
         ``allreduce_grads()``, clip the *summed* gradient, then ``update()``,
-        Gluon's documented recipe for clipping across devices; it is also
-        why ``get_grads`` can return the gradient that was applied.
+        Gluon's documented recipe for clipping across devices; it is also why
+        ``get_grads`` returns the gradient that was applied, not one shard's.
+        On one context Gluon makes no kvstore at all.
         """
         return gluon.Trainer(self.collect_params(), "sgd", {"learning_rate": self.lr},
                              kvstore="device", update_on_kvstore=False)

@@ -11,6 +11,7 @@ from mxnet import autograd, gluon, np
 from d2lx.backends.mxnet.distributed import DataParallel
 from d2lx.backends.mxnet.ops import MXNetOps
 from d2lx.devices import DeviceSpec, gpu_unavailable
+from d2lx.errors import InvalidArgumentError
 from d2lx.trainer import TrainerBase
 
 
@@ -140,17 +141,40 @@ class Trainer(TrainerBase):
                 self.raise_divergence(self.epoch, self.train_batch_idx)
             self._train_meter.add(loss, int(batch[-1].shape[0]))
             autograd.backward(losses)
-            if isinstance(self.optim, gluon.Trainer):
-                self.optim.allreduce_grads()  # Gluon's kvstore sums each Parameter's copies
-            else:
-                dp.allreduce([self.model.param_arrays(ctx) for ctx in dp.contexts])
-            if self.gradient_clip_val > 0:
-                self.clip_gradients(self.gradient_clip_val, self.model)
-            if isinstance(self.optim, gluon.Trainer):
-                self.optim.update(1)  # 1, as step(1): the losses are already means
-            else:
-                self.optim.step(1)
+            self._data_parallel_update(dp)
             self.train_batch_idx += 1
+
+    def _data_parallel_update(self, dp: DataParallel) -> None:
+        """Sum the contexts' gradients, clip if asked, update every copy with ``lr * sum``.
+
+        A ``gluon.Trainer`` does its own all-reduce: ``step(1)`` works whether
+        it applies the update on the kvstore (the Gluon default for dense
+        parameters) or on each context. Clipping must see the *summed*
+        gradient, which needs Gluon's ``allreduce_grads()`` / ``update()``
+        split, and that only exists with ``update_on_kvstore=False`` (as
+        d2lx's ``LinearRegression`` configures it). Other optimizers (the
+        scratch :class:`SGD`) get the sum through :meth:`DataParallel.allreduce`.
+        """
+        clip = self.gradient_clip_val > 0
+        if isinstance(self.optim, gluon.Trainer):
+            if not clip:
+                self.optim.step(1)  # 1: the losses are already means
+                return
+            try:
+                self.optim.allreduce_grads()
+            except AssertionError as err:  # Gluon's check for update_on_kvstore=True
+                raise InvalidArgumentError(
+                    f"gradient_clip_val with devices={dp.world} clips the summed gradient, which "
+                    "Gluon exposes only when the update is not done on the kvstore; create the "
+                    "model's gluon.Trainer with update_on_kvstore=False"
+                ) from err
+            self.clip_gradients(self.gradient_clip_val, self.model)
+            self.optim.update(1)
+            return
+        dp.allreduce([self.model.param_arrays(ctx) for ctx in dp.contexts])
+        if clip:
+            self.clip_gradients(self.gradient_clip_val, self.model)
+        self.optim.step(1)
 
     def _validate(self) -> None:
         # Outside record(): no graph, predict mode. Under data parallelism the
