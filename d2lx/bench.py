@@ -134,7 +134,7 @@ SWEEP_GRID: tuple[tuple[int, int, int, int], ...] = (
 #: ``--quick``: a smoke-sized sweep (seconds, not minutes).
 QUICK_GRID: tuple[tuple[int, int, int, int], ...] = (
     (10_000, 16, 256, 1),
-    (100_000, 64, 8192, 1),
+    (200_000, 64, 8192, 1),
 )
 
 
@@ -482,7 +482,8 @@ def run_backend(
         del data
     keras_info: dict[str, Any] = {"status": "skipped", "reason": "--no-keras"}
     if keras:
-        say(f"{backend}: Keras 3 fit in a child process (KERAS_BACKEND={backend})")
+        if backend in KERAS_BACKENDS:
+            say(f"{backend}: Keras 3 fit in a child process (KERAS_BACKEND={backend})")
         keras_info = run_keras(backend, workloads, repeats, spe_values)
     for w, r in zip(workloads, results):
         if w.model != "concise":

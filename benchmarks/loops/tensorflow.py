@@ -30,6 +30,10 @@ def framework_version() -> str:
     return str(tf.__version__)
 
 
+def _gather(X: tf.Tensor, y: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.gather(X, idx), tf.gather(y, idx)
+
+
 class Loop:
     def __init__(self, X: np.ndarray, y: np.ndarray, model: str, lr: float, batch_size: int,
                  variant: str = "function") -> None:
@@ -57,7 +61,7 @@ class Loop:
         tail = self.n % batch_size
         self._tail_step = self._make_step(tail) if tail else None
         self._starts = [tf.constant(i * batch_size, tf.int32) for i in range(self.n // batch_size + 1)]
-        self._gather = tf.function(lambda X, y, idx: (tf.gather(X, idx), tf.gather(y, idx)))
+        self._gather = tf.function(_gather)
 
     def _make_step(self, size: int) -> Any:
         mse = tf.keras.losses.MeanSquaredError()
