@@ -71,7 +71,8 @@ def markdown(docs: list[dict[str, Any]]) -> str:
         lines.append(f"| {d['backend']}{' (smoke)' if d.get('smoke') else ''} | {v.get(d['backend'])} | "
                      f"{v.get('keras') or '-'} | {d['date']} | {m['cpu']} | {m['cores']} | "
                      f"{m.get('load_average_at_start', '-')} | {_repeats(d['settings']['repeats'])} |")
-    lines += ["", "## Seed workload (d2l 3.4/3.5: 1000 examples, 2 inputs, batch 32, 3 epochs = 96 steps)", "",
+    lines += ["", "## Seed workload (d2l 3.4/3.5: 1000 examples, 2 inputs, batch 32, 3 epochs = 96 steps)",
+              "",
               "Microseconds per optimizer step: median [interquartile range] over the repeats.", "",
               "| backend | model | d2lx step | d2lx fused | hand-written loop | Keras 3 fit | "
               "step / loop | loop / fused | Keras / fused |",
@@ -100,13 +101,15 @@ def markdown(docs: list[dict[str, Any]]) -> str:
             best = _best_d2lx(ms)
             copy = r.get("numpy_copy")
             lines.append(
-                f"| {d['backend']} | {w['num_train']} | {w['num_inputs']} | {w['batch_size']} | {w['epochs']} | "
+                f"| {d['backend']} | {w['num_train']} | {w['num_inputs']} | {w['batch_size']} | "
+                f"{w['epochs']} | "
                 + " | ".join(_rate(ms.get(k, {}), "examples_per_s") for k, _ in METHODS)
                 + f" | {_rate(best, 'us_per_step')} | {_rate(ms.get('loop', {}), 'us_per_step')} | "
                   f"{_rate(best, 'gbps')} | {_fmt(copy['gbps']) if copy else '-'} | "
                   f"{_fmt(ra.get('bandwidth_fraction'), 2)} | {_fmt(ra.get('step_over_loop'))} |")
     lines += ["", "## Targets (reported, never enforced by tests)", "",
-              "| backend | target | workload | value | threshold | met |", "| --- | --- | --- | --- | --- | --- |"]
+              "| backend | target | workload | value | threshold | met |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for d in docs:
         for t in d.get("targets", []):
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
@@ -142,8 +145,8 @@ def plot(docs: list[dict[str, Any]], path: Path) -> None:
             ok = m.get("status") == "ok"
             meds.append(m["us_per_step"] if ok else np.nan)
             scale = m["us_per_step"] / m["median_s"] if ok else 0.0
-            lo.append(meds[-1] - m["q1_s"] * scale if ok else 0.0)
-            hi.append(m["q3_s"] * scale - meds[-1] if ok else 0.0)
+            lo.append(max(0.0, meds[-1] - m["q1_s"] * scale) if ok else 0.0)
+            hi.append(max(0.0, m["q3_s"] * scale - meds[-1]) if ok else 0.0)
         ax1.bar(x + (i - 1.5) * width, meds, width, yerr=[lo, hi], label=label, capsize=2)
     ax1.set_xticks(x, [f"{b}\n{r['workload']['model']}" for b, r in seed_rows])
     ax1.set_yscale("log")

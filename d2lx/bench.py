@@ -255,7 +255,11 @@ def time_loop(loop_mod: ModuleType, w: Workload, data: Any, repeats: int) -> dic
         try:
             loop = loop_mod.Loop(X, y, w.model, LR, w.batch_size, variant=variant)
             rng = np.random.default_rng(SEED)
-            samples, out = time_repeats(lambda loop=loop, rng=rng: loop.run(w.epochs, w0, b0, rng), repeats)
+
+            def run(loop: Any = loop, rng: np.random.Generator = rng) -> Any:
+                return loop.run(w.epochs, w0, b0, rng)
+
+            samples, out = time_repeats(run, repeats)
         except Exception as exc:  # a variant that fails is reported, not fatal
             by_variant[variant] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
             continue
@@ -332,7 +336,8 @@ def keras_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 model.compile(optimizer=keras.optimizers.SGD(learning_rate=LR), loss="mse",
                               steps_per_execution=spe)
 
-                def run(model: Any = model) -> Any:
+                def run(model: Any = model, X: Any = X, y: Any = y, w: Workload = w,
+                        w0: np.ndarray = w0, b0: np.ndarray = b0) -> Any:
                     model.set_weights([w0, b0])
                     hist = model.fit(X, y, batch_size=w.batch_size, epochs=w.epochs, shuffle=True,
                                      verbose=0)
@@ -463,7 +468,7 @@ def run_backend(
         ns, d2lx_problem = None, f"d2lx {backend} adapter unavailable: {type(exc).__name__}: {exc}"
         say(d2lx_problem)
     started = _dt.datetime.now(_dt.timezone.utc)
-    results = []
+    results: list[dict[str, Any]] = []
     for w in workloads:
         data = make_data(w)
         say(f"{backend} {w.name}: {w.steps} steps")
@@ -489,7 +494,8 @@ def run_backend(
         if w.model != "concise":
             r["methods"]["keras"] = {"status": "skipped", "reason": "Keras has no scratch model"}
         elif keras_info.get("status") == "ok":
-            r["methods"]["keras"] = keras_info["workloads"].get(w.name, {"status": "error", "reason": "missing"})
+            missing = {"status": "error", "reason": "missing from the Keras worker's output"}
+            r["methods"]["keras"] = keras_info["workloads"].get(w.name, missing)
         else:
             r["methods"]["keras"] = {"status": keras_info["status"], "reason": keras_info.get("reason")}
         r["ratios"] = ratios(r["methods"], r["numpy_copy"], w)
@@ -526,8 +532,9 @@ def format_report(doc: dict[str, Any]) -> str:
                 lines.append(f"    {key:<11} {m.get('status', '-')}: {m.get('reason', '')}"[:160])
                 continue
             extra = "".join(f" {k.split('_', 1)[1]}={m[k]}" for k in ("best_spe", "best_variant") if k in m)
-            lines.append(f"    {key:<11} {m['us_per_step']:10.1f} us/step  {m['examples_per_s']:12.4g} ex/s  "
-                         f"IQR [{m['q1_s'] * 1e3:.2f}, {m['q3_s'] * 1e3:.2f}] ms  {m['gbps']:.3g} GB/s{extra}")
+            lines.append(f"    {key:<11} {m['us_per_step']:10.1f} us/step  "
+                         f"{m['examples_per_s']:12.4g} ex/s  IQR [{m['q1_s'] * 1e3:.2f}, "
+                         f"{m['q3_s'] * 1e3:.2f}] ms  {m['gbps']:.3g} GB/s{extra}")
         if r.get("numpy_copy"):
             lines.append(f"    numpy copy  {r['numpy_copy']['gbps']:.3g} GB/s")
         shown = {k: f"{v:.3g}" for k, v in r["ratios"].items() if v is not None}
@@ -547,14 +554,16 @@ def default_out(backend: str, smoke: bool) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default=None, help="the one backend to time (default: $D2LX_BACKEND or torch)")
+    p.add_argument("--backend", default=None,
+                   help="the one backend to time (default: $D2LX_BACKEND or torch)")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="JSON file to write (default: benchmarks/results/<backend>.json, "
                         "benchmarks/results/smoke/<backend>.json with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 3 repeats, two small sweep cases (labelled as smoke in the JSON)")
     p.add_argument("--only", choices=("all", "seed", "sweep"), default="all")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 11 seed, 3 sweep)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per method (default 11 seed, 3 sweep)")
     p.add_argument("--spe", default=None, metavar="N,N,...",
                    help="steps_per_execution values for fused d2lx and Keras (default 8,32,128,1024)")
     p.add_argument("--no-keras", action="store_true", help="skip Keras 3 fit")

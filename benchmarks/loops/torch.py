@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 FRAMEWORK = "torch"
-VARIANTS: tuple[str, ...] = ("eager", "compiled") if os.environ.get("D2LX_BENCH_TORCH_COMPILE") else ("eager",)
+VARIANTS: tuple[str, ...] = ("eager", "compiled") if os.environ.get("D2LX_BENCH_TORCH_COMPILE") else (
+    "eager",)
 
 
 def framework_version() -> str:
