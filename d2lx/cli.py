@@ -225,6 +225,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 SUBCOMMANDS.append(_add_sweep)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from d2lx.bench import add_arguments
+
+    p = sub.add_parser(
+        "bench", help="time d2lx against the hand-written loop (and Keras 3 fit) on one backend",
+        description="Time d2lx Trainer.fit (step by step and fused), the framework's hand-written "
+                    "loop (benchmarks/loops/<backend>.py) and Keras 3 Model.fit on the same data, "
+                    "in this process's environment; print the ratios and write JSON. "
+                    "See benchmarks/README.md.")
+    add_arguments(p)
+    p.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from d2lx.bench import main_from_args
+
+    return main_from_args(args)
+
+
+SUBCOMMANDS.append(_add_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from d2lx import __version__
 
