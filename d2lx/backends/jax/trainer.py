@@ -170,7 +170,7 @@ class Trainer(TrainerBase):
         model = self.model
         params = model.current_params()
         assert params is not None, "_place_model runs before the optimizer is installed"
-        key = self._key if self._key is not None else jax.random.key(0)
+        key = self._key if self._key is not None else _default_key(model)
         self.state = jax.device_put(TrainState.create(
             apply_fn=model.apply, params=params, tx=tx, batch_stats={},
             dropout_rng=jax.random.split(key)[1],
@@ -192,7 +192,7 @@ class Trainer(TrainerBase):
         key = self._key if self._key is not None else _default_key(model)
         self._key = key
         params_key, _ = jax.random.split(key)
-        dummy = tuple(t[:1] for t in self.train_dataloader.tensors[:-1])
+        dummy = tuple(jax.lax.slice_in_dim(t, 0, 1) for t in self.train_dataloader.tensors[:-1])
         params = model.initial_params(dummy, params_key)
         model._parked_params = to_device(params, self.device)
 
@@ -333,7 +333,8 @@ def _default_key(model: Any) -> jax.Array:
     """A PRNG key from the model's seed (else d2lx's global seed), for reproducible runs."""
     seed = getattr(model, "seed", None)
     seed = resolve_seed(seed if isinstance(seed, int) else None)
-    return jax.random.key(0 if seed is None else seed % (2**32))
+    # device_put: an explicit transfer (jax.random.key(int) would be an implicit one)
+    return jax.random.key(jax.device_put(np.uint32(0 if seed is None else seed % (2**32))))
 
 
 def _check_key(key: Any) -> jax.Array | None:
