@@ -74,6 +74,11 @@ def _batch_split(tensors: Sequence[jax.Array], order: jax.Array | None, batch_si
     return tuple(stacks), tuple(tails)
 
 
+# Model-independent, so one jitted function for the whole process: a later fit
+# on data of the same shapes reuses its compiled code.
+_split = jax.jit(_batch_split, static_argnums=2)
+
+
 class Trainer(TrainerBase):
     """Trains a d2lx JAX ``Module`` (see :class:`d2lx.trainer.TrainerBase`).
 
@@ -275,7 +280,6 @@ class Trainer(TrainerBase):
         fn = self._compiled.get(name)
         if fn is None:
             fn = {
-                "split": jax.jit(_batch_split, static_argnums=2),
                 "chunk": jax.jit(self._run_chunk, static_argnums=2),
                 "tail": jax.jit(self._tail_step),
                 "evaluate": jax.jit(self._evaluate),
@@ -294,7 +298,7 @@ class Trainer(TrainerBase):
         loader: ArrayLoader = self.train_dataloader
         order = loader.epoch_order()  # consumes the shuffle stream exactly like iteration
         order_dev = None if order is None else self._array_ops().indices(order)
-        stacks, tail = self._fn("split")(loader.tensors, order_dev, loader.batch_size)
+        stacks, tail = _split(loader.tensors, order_dev, loader.batch_size)
         carry = Carry(
             state=self.state,
             diverged=self._device_scalar(False, np.bool_),
@@ -323,7 +327,7 @@ class Trainer(TrainerBase):
         self.model.training = False
         val = self.val_dataloader
         if self._val_split is None:  # validation data is not shuffled: cut it once per fit
-            self._val_split = self._fn("split")(val.tensors, None, val.batch_size)
+            self._val_split = _split(val.tensors, None, val.batch_size)
         loss = self._fn("evaluate")(self.state, *self._val_split)
         self._val_meter.add(loss, val.num_examples)
         self.val_batch_idx += len(val)
