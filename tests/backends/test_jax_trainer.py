@@ -162,6 +162,16 @@ def test_refit_and_set_w_b_continue_from_the_given_parameters() -> None:
     np.testing.assert_allclose(net.get_w_b()[1], seen[1][1], **TOL)
 
 
+def test_a_trainer_reused_for_another_model_leaves_the_first_trained() -> None:
+    trainer = d2l.Trainer(max_epochs=1, progress=False)
+    first = d2l.LinearRegressionScratch(2, lr=0.03)
+    trainer.fit(first, _data())
+    trained = first.get_w_b()
+    trainer.fit(d2l.LinearRegressionScratch(2, lr=0.03, seed=9), _data(seed=9))
+    np.testing.assert_array_equal(first.get_w_b()[0], trained[0])
+    assert not np.allclose(trained[0], d2l.LinearRegressionScratch(2, lr=0.03).get_w_b()[0])
+
+
 def test_set_w_b_on_a_fresh_concise_model_fixes_its_start() -> None:
     w0 = np.array([[0.5], [-0.25]], np.float32)
     a = d2l.LinearRegression(lr=0.03)

@@ -189,6 +189,9 @@ class Trainer(TrainerBase):
                 f"the JAX Trainer trains d2lx JAX modules (subclasses of d2l.Module), got "
                 f"{type(model).__name__}"
             )
+        previous = self.model
+        if isinstance(previous, Module) and previous is not model:
+            previous.park_params()  # the model this trainer trained before keeps its result
         model.park_params()  # take the params out of the trainer that owned the model
         self.state = None
         super().prepare_model(model)
@@ -210,8 +213,8 @@ class Trainer(TrainerBase):
     def clip_gradients(self, grad_clip_val: float, grads: Any) -> Any:
         """Rescale ``grads`` so their joint L2 norm is at most ``grad_clip_val`` (d2l 9.5).
 
-        Pure (``jnp.where``, no Python ``if`` on a traced value), so it runs
-        inside the compiled step.
+        Pure (a ``jnp.minimum`` scale, no Python ``if`` on a traced value), so
+        it runs inside the compiled step without a host sync.
         """
         leaves = jax.tree_util.tree_leaves(grads)
         norm = jnp.sqrt(sum(jnp.vdot(g, g) for g in leaves))
