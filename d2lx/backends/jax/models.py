@@ -1,0 +1,204 @@
+"""Linear regression from scratch (d2l 3.4) and concise (d2l 3.5) in JAX/Flax/optax."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from d2lx.backends.jax.module import Module, Params, like, numpy_leaf
+from d2lx.hyperparameters import HyperParameters
+from d2lx.module import check_linear_args, check_regression_shapes
+from d2lx.seeding import generator, initial_linear_params, resolve_seed
+from d2lx.validation import check_float
+
+
+class SGD(optax.GradientTransformation, HyperParameters):
+    """Minibatch stochastic gradient descent, hand-written (d2l 3.4.3).
+
+    It *is* an ``optax.GradientTransformation`` (the ``(init, update)``
+    named tuple), so ``TrainState.create(tx=SGD(lr))``, ``optax.chain`` and
+    ``state.apply_gradients`` take it as they take ``optax.sgd(lr)``. SGD has
+    no state (``optax.EmptyState``); ``update`` returns ``-lr * g``, which
+    ``optax.apply_updates`` adds to the parameters. ``SGD(lr)()`` returns a
+    plain ``GradientTransformation``, as the seed's ``__call__`` does.
+    """
+
+    lr: float
+
+    def __new__(cls, lr: float) -> SGD:
+        lr = check_float("lr", lr, positive=True, example="0.03")
+
+        def init(params: Params) -> optax.EmptyState:
+            del params
+            return optax.EmptyState()
+
+        def update(updates: Params, state: optax.EmptyState, params: Params | None = None
+                   ) -> tuple[Params, optax.EmptyState]:
+            del params
+            return jax.tree_util.tree_map(lambda g: -lr * g, updates), state
+
+        return super().__new__(cls, init, update)
+
+    def __init__(self, lr: float) -> None:
+        lr = float(lr)
+        self.save_hyperparameters()
+
+    def __call__(self) -> optax.GradientTransformation:
+        return optax.GradientTransformation(self.init, self.update)
+
+    def __repr__(self) -> str:
+        return f"SGD(lr={self.lr})"
+
+
+def _seed_field() -> Any:
+    return dataclasses.field(default=None, kw_only=True)
+
+
+def _resolve_model_seed(module: Module) -> None:
+    """Fix ``module.seed`` to a concrete number at construction.
+
+    flax re-creates (clones) a module from its fields for every ``init`` and
+    ``apply``; with ``seed=None`` meaning "the global seed *now*", a clone made
+    after ``d2lx.seed(...)`` changed would draw other initial values. Resolving
+    once makes every clone draw the same numbers as the first.
+    """
+    seed = resolve_seed(module.seed)
+    if seed is None:  # d2lx.seed(None): fresh OS entropy, drawn once for this model
+        seed = int(np.random.SeedSequence().entropy)
+    module.seed = seed
+
+
+def _core_draw(seed: int, num_inputs: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    return initial_linear_params(generator("params", seed), num_inputs, sigma)
+
+
+class LinearRegressionScratch(Module):
+    """The linear regression model implemented from scratch (d2l 3.4).
+
+    ``w`` (``num_inputs`` x 1) and ``b`` (1,) are declared with
+    ``self.param``. Their initializers ignore flax's PRNG key and return the
+    draw of d2lx's seeded NumPy stream (normal(0, ``sigma``), zeros), so the
+    same seed starts every backend from the same numbers.
+    """
+
+    num_inputs: int
+    lr: float
+    sigma: float = 0.01
+    seed: int | None = _seed_field()
+
+    def __post_init__(self) -> None:
+        num_inputs, lr, sigma = check_linear_args(self.num_inputs, self.lr, self.sigma)
+        self.num_inputs, self.lr, self.sigma = num_inputs, lr, sigma
+        _resolve_model_seed(self)
+        self.hparams = {"num_inputs": num_inputs, "lr": lr, "sigma": sigma}
+        super().__post_init__()
+
+    def setup(self) -> None:
+        draw = lambda i: _core_draw(self.seed, self.num_inputs, self.sigma)[i]  # noqa: E731
+        self.w = self.param("w", lambda key, shape: jnp.asarray(draw(0).reshape(shape)),
+                            (self.num_inputs, 1))
+        self.b = self.param("b", lambda key, shape: jnp.asarray(draw(1).reshape(shape)), (1,))
+
+    def forward(self, X: jax.Array) -> jax.Array:
+        return jnp.matmul(X, self.w) + self.b
+
+    def loss(self, params: Params, X: Sequence[jax.Array], y: jax.Array, state: Any) -> jax.Array:
+        y_hat = state.apply_fn({"params": params}, *X)
+        l = (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+        return l.mean()
+
+    def configure_optimizers(self) -> SGD:
+        return SGD(self.lr)
+
+    def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
+        check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)
+
+    def _params_or_init(self) -> Params:
+        params = self.current_params()
+        if params is None:  # before any fit: flax init (the key is ignored by the initializers)
+            params = self.apply_init((jnp.zeros((1, self.num_inputs), jnp.float32),),
+                                     jax.random.key(0))["params"]
+            self._parked_params = params
+        return params
+
+    def get_w_b(self, state: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``w`` (num_inputs, 1) and ``b`` (1,) as NumPy float32 (of ``state`` if given)."""
+        params = self._params_or_init() if state is None else state.params
+        return numpy_leaf(params["w"], (-1, 1)), numpy_leaf(params["b"], (1,))
+
+    def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
+        params = self._params_or_init()
+        self.replace_params({**params, "w": like(params["w"], np.reshape(w, (-1, 1))),
+                             "b": like(params["b"], np.reshape(b, (1,)))})
+
+
+class LinearRegression(Module):
+    """The concise linear regression model (d2l 3.5): ``nn.Dense(1)`` at ``self.net``.
+
+    The loss is the mean squared error *without* d2l 3.4's 1/2 factor
+    (``optax.squared_error``, not ``optax.l2_loss``), the same on every d2lx
+    backend; the optimizer is ``optax.sgd(lr)``. The layer's width is known
+    only when ``init`` sees data; its kernel initializer then draws
+    normal(0, ``sigma``) from d2lx's seeded stream (bias 0).
+    """
+
+    lr: float
+    sigma: float = dataclasses.field(default=0.01, kw_only=True)
+    seed: int | None = _seed_field()
+
+    def __post_init__(self) -> None:
+        _, lr, sigma = check_linear_args(None, self.lr, self.sigma)
+        self.lr, self.sigma = lr, sigma
+        _resolve_model_seed(self)
+        self.hparams = {"lr": lr, "sigma": sigma}
+        super().__post_init__()
+
+    def _kernel_init(self, key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        del key  # d2lx's NumPy stream, not flax's key, makes every backend start alike
+        w, _ = _core_draw(self.seed, int(shape[0]), self.sigma)
+        return jnp.asarray(w.reshape(tuple(shape)), dtype)
+
+    def setup(self) -> None:
+        self.net = nn.Dense(1, kernel_init=self._kernel_init, bias_init=nn.initializers.zeros)
+
+    def forward(self, X: jax.Array) -> jax.Array:
+        return self.net(X)
+
+    def loss(self, params: Params, X: Sequence[jax.Array], y: jax.Array, state: Any) -> jax.Array:
+        y_hat = state.apply_fn({"params": params}, *X)
+        return optax.squared_error(y_hat, y.reshape(y_hat.shape)).mean()
+
+    def configure_optimizers(self) -> optax.GradientTransformation:
+        return optax.sgd(self.lr)
+
+    @property
+    def num_inputs(self) -> int | None:
+        """The layer's width, ``None`` until ``init`` has seen data (a lazy layer)."""
+        params = self.current_params()
+        return None if params is None else int(params["net"]["kernel"].shape[0])
+
+    def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
+        check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)
+
+    def get_w_b(self, state: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``w`` (num_inputs, 1) and ``b`` (1,) as NumPy (d2l 3.5 passes ``state``)."""
+        params = self.current_params() if state is None else state.params
+        if params is None:
+            raise RuntimeError("LinearRegression has no weights before its first fit (lazy layer)")
+        net = params["net"]
+        return numpy_leaf(net["kernel"], (-1, 1)), numpy_leaf(net["bias"], (1,))
+
+    def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
+        """Set the layer's weights; on a fresh model this also fixes its width."""
+        params = self.current_params()
+        old = None if params is None else params["net"]
+        kernel = like(None if old is None else old["kernel"], np.reshape(w, (-1, 1)))
+        bias = like(None if old is None else old["bias"], np.reshape(b, (1,)))
+        self.replace_params({"net": {"kernel": kernel, "bias": bias}})

@@ -1,0 +1,141 @@
+"""``d2l.Module`` for JAX: a ``flax.linen.Module`` with d2l's methods.
+
+Flax modules are frozen dataclasses: their parameters do not live on
+``self`` but in a variables dict that ``init`` creates and ``apply``
+consumes. d2l's JAX edition keeps them in the trainer's flax train state
+(``trainer.state.params``), and so does d2lx. What the model itself keeps is
+only a *parked* copy for when no trainer owns it (before the first fit, or
+after ``set_w_b`` on a fresh model), so that ``get_w_b()`` / ``set_w_b()``
+work like on every other backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax.training import train_state
+
+from d2lx.module import ModuleBase, _batch_len
+
+Params = Any  # a pytree of jax.Array (flax's FrozenDict or dict)
+
+# Host-side bookkeeping a frozen flax module must still accept after
+# construction: the d2l trainer link, d2l's train/eval switch, the parked params.
+_HOST_ATTRS = frozenset({"trainer", "training", "_parked_params"})
+
+
+class TrainState(train_state.TrainState):
+    """flax's ``TrainState`` plus the two fields d2l's JAX ``Trainer`` carries.
+
+    ``batch_stats`` holds mutable collections (empty for chapter 3's models)
+    and ``dropout_rng`` a PRNG key, so d2l-style ``fit_epoch`` code that reads
+    ``state.batch_stats`` or splits ``state.dropout_rng`` runs unchanged.
+    """
+
+    batch_stats: Any
+    dropout_rng: jax.Array
+
+
+class Module(ModuleBase, nn.Module):
+    """Base class of models: ``flax.linen.Module`` + d2l's JAX methods.
+
+    The d2l-for-JAX signatures are kept: ``loss(params, X, y, state)``,
+    ``training_step(params, batch, state) -> (loss, grads)`` and
+    ``validation_step(params, batch, state) -> loss``, where ``X`` is the
+    tuple of inputs and ``state`` the train state (``state.apply_fn`` is
+    ``self.apply``). The trainer calls these inside ``jax.jit``; there
+    :meth:`log` is a no-op and the trainer records the losses the compiled
+    function returns, so logging costs no host sync per step.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _HOST_ATTRS:  # not dataclass fields: never part of a clone or a trace
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    def __call__(self, X: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(X, *args, **kwargs)
+
+    # -- d2l's JAX surface -----------------------------------------------------
+    def loss(self, params: Params, X: Sequence[Any], y: Any, state: Any) -> Any:  # type: ignore[override]
+        raise NotImplementedError(f"{type(self).__name__} must define loss(params, X, y, state)")
+
+    def training_step(self, params: Params, batch: Sequence[Any], state: Any) -> tuple[Any, Params]:  # type: ignore[override]
+        l, grads = jax.value_and_grad(self.loss)(params, tuple(batch[:-1]), batch[-1], state)
+        self.log("loss", l, train=True, count=_batch_len(batch))
+        return l, grads
+
+    def validation_step(self, params: Params, batch: Sequence[Any], state: Any) -> Any:  # type: ignore[override]
+        l = self.loss(params, tuple(batch[:-1]), batch[-1], state)
+        self.log("loss", l, train=False, count=_batch_len(batch))
+        return l
+
+    def log(self, key: str, value: Any, train: bool = True, count: int = 1) -> None:
+        """Record an eager loss; inside a traced step (``jax.jit``) do nothing.
+
+        A traced value is not a number yet, and handing it to the trainer
+        would leak the tracer; the compiled step returns its losses instead.
+        """
+        if isinstance(value, jax.core.Tracer):
+            return
+        super().log(key, value, train=train, count=count)
+
+    def apply_init(self, dummy_input: Sequence[Any], key: jax.Array) -> Any:
+        """d2l's name for ``self.init(key, *dummy_input)``: the full variables dict."""
+        return self.init(key, *dummy_input)
+
+    # -- parameters: the trainer's state while a trainer owns the model -------------
+    def _owner_state(self) -> Any:
+        trainer = self.__dict__.get("trainer")
+        if trainer is None or getattr(trainer, "model", None) is not self:
+            return None
+        return getattr(trainer, "state", None)
+
+    def current_params(self) -> Params | None:
+        """The live parameters: the owning trainer's ``state.params``, else the parked copy."""
+        state = self._owner_state()
+        if state is not None:
+            return state.params
+        return self.__dict__.get("_parked_params")
+
+    def replace_params(self, params: Params) -> None:
+        """Make ``params`` the parameters the next training step starts from."""
+        trainer = self.__dict__.get("trainer")
+        if self._owner_state() is not None:
+            trainer.state = trainer.state.replace(params=params)
+        self._parked_params = params
+
+    def park_params(self) -> None:
+        """Copy the live parameters out of the trainer before another trainer takes over."""
+        self._parked_params = self.current_params()
+
+    def initial_params(self, dummy_input: Sequence[Any], key: jax.Array) -> Params:
+        """Parameters to start from: the parked ones, else flax ``init`` on a dummy batch."""
+        params = self.current_params()
+        if params is None:
+            params = self.apply_init(dummy_input, key)["params"]
+        return params
+
+
+def to_device(params: Params, device: jax.Device) -> Params:
+    """Commit every leaf to ``device`` (one explicit transfer per leaf)."""
+    return jax.device_put(params, device)
+
+
+def numpy_leaf(value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 copy of ``value`` in ``shape`` (framework-free result)."""
+    return np.array(jax.device_get(value), dtype=np.float32).reshape(shape)
+
+
+def like(old: jax.Array | None, value: np.ndarray) -> jax.Array:
+    """``value`` as a JAX array on the same device as ``old`` (host default if none)."""
+    arr = np.asarray(value, dtype=np.float32)
+    if old is not None and isinstance(old, jax.Array):
+        return jax.device_put(arr.reshape(old.shape), next(iter(old.devices())))
+    return jnp.asarray(arr)

@@ -1,0 +1,30 @@
+"""JAX array primitives for the core loader (see ``d2lx.data.ArrayOps``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class JaxOps:
+    """Places arrays on one ``jax.Device``; gathers rows with ``jnp.take``.
+
+    Every transfer is an explicit ``jax.device_put``, so a run works under
+    ``jax.transfer_guard("disallow")``: nothing crosses to the device behind
+    the loader's back. Indices are int32 because JAX disables 64-bit types by
+    default (``jax_enable_x64``); an int64 vector would be silently narrowed.
+    """
+
+    def __init__(self, device: jax.Device) -> None:
+        self.device = device
+        self.device_key = f"jax:{device.platform}:{device.id}"
+
+    def asarray(self, array: np.ndarray) -> jax.Array:
+        return jax.device_put(np.ascontiguousarray(array), self.device)
+
+    def indices(self, order: np.ndarray) -> jax.Array:
+        return jax.device_put(np.asarray(order, dtype=np.int32), self.device)
+
+    def take(self, array: jax.Array, indices: jax.Array) -> jax.Array:
+        return jnp.take(array, indices, axis=0)
