@@ -142,16 +142,16 @@ class Trainer(TrainerBase):
     def _optimizer_state(self) -> dict[str, np.ndarray]:
         """Keras optimizers' variables (``iterations``, learning rate, slots) as NumPy.
 
-        Keys are ``"<index>:<variable path>"``; the index keeps two slots with
-        the same name apart, the path lets :meth:`_load_optimizer_state` check
-        that the checkpoint belongs to this kind of optimizer. The
+        Keys are ``"<index>:<variable name>"`` (``"0:iteration"``...). Keras
+        makes paths unique per instance (``sgd_3/...``), so a fresh optimizer
+        is matched by position, shape and dtype; the name is for people. The
         hand-written :class:`~d2lx.backends.tensorflow.models.SGD` has no state.
         """
         optim = self.optim
         if not isinstance(optim, tf.keras.optimizers.Optimizer):
             return {}
         self._build_optimizer()
-        return {f"{i}:{v.path}": np.array(v.numpy()) for i, v in enumerate(optim.variables)}
+        return {f"{i}:{v.name}": np.array(v.numpy()) for i, v in enumerate(optim.variables)}
 
     def _load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         optim = self.optim
@@ -163,14 +163,22 @@ class Trainer(TrainerBase):
                 )
             return
         self._build_optimizer()
-        expected = [f"{i}:{v.path}" for i, v in enumerate(optim.variables)]
-        if sorted(expected) != sorted(state):
+        variables = list(optim.variables)
+        try:
+            by_index = {int(key.split(":", 1)[0]): np.asarray(value) for key, value in state.items()}
+        except ValueError:
+            by_index = {}
+        fits = sorted(by_index) == list(range(len(variables))) and all(
+            by_index[i].shape == tuple(v.shape) for i, v in enumerate(variables))
+        if not fits:
             raise CheckpointError(
                 f"optimizer state does not match {type(optim).__name__}: checkpoint has "
-                f"{sorted(state)}, the optimizer has {expected}; load it with the same optimizer"
+                f"{sorted(state)}, the optimizer has "
+                f"{[f'{i}:{v.name} {tuple(v.shape)}' for i, v in enumerate(variables)]}; "
+                "load it with the optimizer it was saved from"
             )
-        for key, variable in zip(expected, optim.variables):
-            variable.assign(np.asarray(state[key]).astype(variable.dtype))
+        for i, variable in enumerate(variables):
+            variable.assign(by_index[i].astype(variable.dtype))
 
     def _build_optimizer(self) -> None:
         """Create a Keras optimizer's variables now, eagerly, on the training device.
