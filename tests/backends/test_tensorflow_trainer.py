@@ -205,3 +205,36 @@ def test_cpp_log_level_defaults_to_quiet_unless_the_user_set_it(preset: str | No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120, check=True)
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("kind", ["scratch", "concise"])
+def test_d2l_eager_fit_epoch_written_for_tensorflow_matches_the_compiled_step(kind: str) -> None:
+    """d2l's own TF ``fit_epoch`` (eager tape loop) still works and gives the compiled run's result."""
+
+    class EagerTrainer(d2l.Trainer):
+        def fit_epoch(self) -> None:  # d2l 1.0.3's TensorFlow Trainer.fit_epoch, verbatim in spirit
+            for batch in self.train_dataloader:
+                with tf.GradientTape() as tape:
+                    loss = self.model.training_step(self.prepare_batch(batch))
+                grads = tape.gradient(loss, self.model.trainable_variables)
+                if self.gradient_clip_val > 0:
+                    grads = self.clip_gradients(self.gradient_clip_val, grads)
+                self.optim.apply_gradients(zip(grads, self.model.trainable_variables))
+                self.train_batch_idx += 1
+            if self.val_dataloader is None:
+                return
+            for batch in self.val_dataloader:
+                self.model.validation_step(self.prepare_batch(batch))
+                self.val_batch_idx += 1
+
+    runs = []
+    for cls in (EagerTrainer, d2l.Trainer):
+        data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=90, num_val=20, batch_size=8, seed=5)
+        net = _model(kind, 2, 0.03, seed=5)
+        history = cls(max_epochs=2, gradient_clip_val=1.0, progress=False).fit(net, data)
+        runs.append((*net.get_w_b(), history.train_loss, history.val_loss))
+    (w1, b1, t1, v1), (w2, b2, t2, v2) = runs
+    np.testing.assert_allclose(w1, w2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b1, b2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t1, t2, rtol=1e-5)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
