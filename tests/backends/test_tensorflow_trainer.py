@@ -238,3 +238,20 @@ def test_d2l_eager_fit_epoch_written_for_tensorflow_matches_the_compiled_step(ki
     np.testing.assert_allclose(b1, b2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(t1, t2, rtol=1e-5)
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
+
+
+def test_autograph_can_be_switched_on_for_python_control_flow_on_tensors() -> None:
+    class Branchy(d2l.LinearRegressionScratch):
+        def loss(self, y_hat, y):  # type: ignore[no-untyped-def]
+            l = tf.reduce_mean((y_hat - y) ** 2 / 2)
+            if l > 1e6:  # a Python `if` on a tensor: needs AutoGraph inside tf.function
+                l = l * 0.0
+            return l
+
+    data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=64, num_val=0, batch_size=16)
+    with pytest.raises(TypeError):  # AutoGraph off (the default): a symbolic tensor used as a bool
+        d2l.Trainer(max_epochs=1, progress=False).fit(Branchy(2, lr=0.03), data)
+    trainer = d2l.Trainer(max_epochs=1, progress=False)
+    trainer.autograph = True
+    history = trainer.fit(Branchy(2, lr=0.03), data)
+    assert np.isfinite(history.train_loss[0])

@@ -54,7 +54,13 @@ def _batch_sizes(num_examples: int, batch_size: int, start: int, stop: int) -> l
 
 
 class _Compiled:
-    """The compiled functions and device state of one ``fit`` (one model, optimizer, loaders)."""
+    """The compiled functions of one ``fit`` (one model, optimizer, pair of loaders).
+
+    The ``tf.function`` s are kept (their tracing counts are what tests and
+    users inspect); calls go to their single concrete function, fetched once,
+    which skips ``tf.function``'s per-call signature matching (a few ms per
+    call on a small CPU, i.e. most of a small model's step time).
+    """
 
     def __init__(self, key: tuple[int, ...], train_step: Any, val_step: Any,
                  train_many: Any, val_many: Any) -> None:
@@ -63,6 +69,14 @@ class _Compiled:
         self.val_step = val_step
         self.train_many = train_many
         self.val_many = val_many
+        self._concrete: dict[str, Any] = {}
+
+    def concrete(self, name: str) -> Any:
+        """The one concrete function of ``name`` (traced on first request)."""
+        fn = self._concrete.get(name)
+        if fn is None:
+            fn = self._concrete[name] = getattr(self, name).get_concrete_function()
+        return fn
 
 
 class Trainer(TrainerBase):
@@ -79,6 +93,14 @@ class Trainer(TrainerBase):
     """
 
     backend_name = "tensorflow"
+
+    #: Whether ``tf.function`` runs AutoGraph over the step. d2lx's own loop uses
+    #: ``tf.while_loop``/``tf.cond`` directly and d2l's ``training_step`` code has
+    #: no Python control flow on tensors, so it is off: converting the traced
+    #: code costs more than the whole rest of a small run's tracing. Set it to
+    #: ``True`` (on the class or an instance) if your ``training_step``,
+    #: ``loss`` or ``prepare_batch`` branches or loops on tensor values.
+    autograph: bool = False
 
     def __init__(
         self,
@@ -235,15 +257,17 @@ class Trainer(TrainerBase):
     # -- the epoch loops ------------------------------------------------------------------
     def _stepwise_epoch(self, compiled: _Compiled) -> None:
         """d2l's loop: iterate the loader, one compiled call per batch."""
+        train_step = compiled.concrete("train_step")
         for batch in self.train_dataloader:
-            loss = compiled.train_step(tuple(batch))
+            loss = train_step(*batch)
             self._train_meter.add(loss, int(batch[-1].shape[0]))
             self.train_batch_idx += 1
         self._raise_if_diverged()  # one host read per epoch
         if self.val_dataloader is None:
             return
+        val_step = compiled.concrete("val_step")
         for batch in self.val_dataloader:
-            loss = compiled.val_step(tuple(batch))
+            loss = val_step(*batch)
             self._val_meter.add(loss, int(batch[-1].shape[0]))
             self.val_batch_idx += 1
 
@@ -251,10 +275,11 @@ class Trainer(TrainerBase):
         """``steps_per_execution`` steps per compiled call over the epoch's device arrays."""
         loader = self.train_dataloader
         tensors = loader.epoch_tensors()  # draws the order exactly as iteration would
-        self._run_fused(compiled.train_many, loader, tensors, self._train_meter, train=True)
+        self._run_fused(compiled.concrete("train_many"), loader, tensors, self._train_meter, train=True)
         if self.val_dataloader is not None:
             val = self.val_dataloader
-            self._run_fused(compiled.val_many, val, val.epoch_tensors(), self._val_meter, train=False)
+            self._run_fused(compiled.concrete("val_many"), val, val.epoch_tensors(), self._val_meter,
+                            train=False)
 
     def _run_fused(self, fn: Any, loader: ArrayLoader, tensors: tuple[Any, ...], meter: Any,
                    train: bool) -> None:
@@ -293,11 +318,11 @@ class Trainer(TrainerBase):
         val_spec = train_spec if val_loader is None else _batch_spec(val_loader.tensors)
         index = tf.TensorSpec((), tf.int64)
 
-        def train_step(batch: tuple[Any, ...]) -> tf.Tensor:
+        def train_step(*batch: Any) -> tf.Tensor:
             self.trace_counts["train"] += 1  # Python side effect: runs only while tracing
             return self._train_one(batch)
 
-        def val_step(batch: tuple[Any, ...]) -> tf.Tensor:
+        def val_step(*batch: Any) -> tf.Tensor:
             self.trace_counts["val"] += 1
             return self._val_one(batch)
 
@@ -312,12 +337,13 @@ class Trainer(TrainerBase):
             self.trace_counts["val"] += 1
             return self._loop(self._val_one, tensors, start, stop, val_bs)
 
+        ag = self.autograph
         self._compiled = _Compiled(
             key,
-            tf.function(train_step, input_signature=[train_spec]),
-            tf.function(val_step, input_signature=[val_spec]),
-            tf.function(train_many, input_signature=[train_spec, index, index]),
-            tf.function(val_many, input_signature=[val_spec, index, index]),
+            tf.function(train_step, input_signature=list(train_spec), autograph=ag),
+            tf.function(val_step, input_signature=list(val_spec), autograph=ag),
+            tf.function(train_many, input_signature=[train_spec, index, index], autograph=ag),
+            tf.function(val_many, input_signature=[val_spec, index, index], autograph=ag),
         )
         return self._compiled
 
