@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from d2lx.backends.tensorflow.module import Module, same_device
 from d2lx.hyperparameters import HyperParameters
-from d2lx.module import check_linear_args, check_regression_shapes
+from d2lx.module import check_linear_args, check_loss_args, check_regression_shapes
 from d2lx.seeding import generator, initial_linear_params, resolve_seed
 
 
@@ -30,11 +30,57 @@ class SGD(HyperParameters):
             param.assign_sub(self.lr * grad)
 
 
+def huber_loss(loss_fn: tf.keras.losses.Huber, sigma: float, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """The batch mean of d2l 3.5.6's Huber loss, through Keras' ``Huber(delta=sigma)``.
+
+    Keras' Huber is ``r**2 / 2`` if ``|r| <= delta`` else ``delta * |r| - delta**2 / 2``,
+    which is ``delta`` times the seed's ``r**2 / (2 sigma)`` / ``|r| - sigma / 2``
+    (same ``|r| > sigma`` boundary), so it is divided by ``delta``.
+    ``loss_fn`` has ``reduction=None`` (see :func:`batch_mean`).
+    """
+    return batch_mean(loss_fn, y_hat, y) / sigma
+
+
+def batch_mean(loss_fn: tf.keras.losses.Loss, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """The batch mean of a Keras loss built with ``reduction=None`` (per-example values).
+
+    Why not Keras' default reduction: under a ``tf.distribute`` strategy it
+    divides the mean by the number of replicas (Keras' own ``fit`` sums
+    equal-sized replicas' gradients). d2l's ``loss`` returns the mean over the
+    batch it is given, and d2lx's data-parallel step weights each replica's
+    (possibly unequal) shard itself, so the plain mean is taken here.
+    """
+    return tf.reduce_mean(loss_fn(y, y_hat))  # Keras losses take (y_true, y_pred)
+
+
 class _LinearMixin:
-    """``get_w_b``/``set_w_b`` in d2lx's framework-free layout: w (n, 1), b (1,) NumPy float32."""
+    """``get_w_b``/``set_w_b``/``get_grads`` in d2lx's layout: w (n, 1), b (1,), NumPy float32."""
+
+    trainer: Any
 
     def _w_b_variables(self) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def _init_loss(self, loss: str, huber_sigma: float) -> None:
+        """Keep the loss choice without hiding the ``loss()`` method (``self.loss`` stays unset)."""
+        self.loss_name = loss
+        self.hparams["loss"] = loss  # not an attribute: it would hide the loss() method
+        self.huber = tf.keras.losses.Huber(delta=huber_sigma, reduction=None) if loss == "huber" else None
+
+    def get_grads(self) -> tuple[np.ndarray, np.ndarray]:
+        """The gradients of ``w`` and ``b`` the last applied optimizer step used.
+
+        The compiled step writes them into device variables as it applies them
+        (after clipping and, with ``devices=N``, after the cross-device sum),
+        so reading them costs nothing per step; this reads them once.
+        """
+        applied = getattr(self.trainer, "applied_gradients", None)
+        grads = None if applied is None else applied(self._w_b_variables())
+        if grads is None:
+            raise RuntimeError(f"{type(self).__name__} has no gradients yet: train it first")
+        gw, gb = grads
+        return (np.array(gw, dtype=np.float32).reshape(-1, 1),
+                np.array(gb, dtype=np.float32).reshape(1))
 
     def get_w_b(self) -> tuple[np.ndarray, np.ndarray]:
         w, b = self._w_b_variables()
@@ -53,20 +99,52 @@ class LinearRegressionScratch(_LinearMixin, Module):
     ``w`` (``num_inputs`` x 1, normal(0, ``sigma``)) and ``b`` (zeros) are
     ``tf.Variable`` s whose values come from d2lx's seeded NumPy stream (not
     ``tf.random``), so every backend starts from the same numbers.
+
+    The variables are created at first use (reading ``model.w``, or the
+    trainer placing the model), not in ``__init__``: creating a variable
+    starts TensorFlow's runtime, after which its CPU can no longer be split
+    into the logical devices that ``Trainer(devices=N)`` needs. d2l's order
+    (model, data, then trainer) thus still allows data parallelism, and under
+    it the variables are created once, directly as mirrored variables.
+
+    ``loss="huber", huber_sigma=s`` (d2l 3.5.6, exercise 2) replaces the
+    squared loss by Keras' ``Huber`` scaled to the seed's formula.
     """
 
-    def __init__(self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None) -> None:
+    def __init__(
+        self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None,
+        loss: str = "squared", huber_sigma: float = 1.0,
+    ) -> None:
         super().__init__()
         num_inputs, lr, sigma = check_linear_args(num_inputs, lr, sigma)
-        self.save_hyperparameters(ignore=["seed"])
-        w, b = initial_linear_params(generator("params", resolve_seed(seed)), num_inputs, sigma)
+        loss, huber_sigma = check_loss_args(loss, huber_sigma)
+        self.save_hyperparameters(ignore=["seed", "loss"])
+        self._init_loss(loss, huber_sigma)
+        self._initial = initial_linear_params(generator("params", resolve_seed(seed)), num_inputs, sigma)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: w and b before their first use.
+        if name in ("w", "b") and "_initial" in self.__dict__:
+            self._create_variables(self._initial[0], self._initial[1])
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _create_variables(self, w: Any, b: Any) -> None:
+        self.__dict__.pop("_initial", None)
         self.w = tf.Variable(w, trainable=True, name="w")
         self.b = tf.Variable(b, trainable=True, name="b")
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        self._w_b_variables()  # create them if still pending
+        return super().trainable_variables
 
     def forward(self, X: tf.Tensor) -> tf.Tensor:
         return tf.matmul(X, self.w) + self.b
 
     def loss(self, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        if self.huber is not None:
+            return huber_loss(self.huber, self.huber_sigma, y_hat, y)
         l = (y_hat - y) ** 2 / 2
         return tf.reduce_mean(l)
 
@@ -74,11 +152,25 @@ class LinearRegressionScratch(_LinearMixin, Module):
         return SGD(self.lr)
 
     def materialize(self, num_inputs: int, device: str) -> None:
-        """Re-create ``w``/``b`` on ``device`` if they live elsewhere (variables cannot move)."""
-        if not (same_device(self.w.device, device) and same_device(self.b.device, device)):
+        """Create ``w``/``b`` on ``device`` (under a data-parallel strategy: mirrored).
+
+        Variables cannot move, so ones that live elsewhere (or were created
+        outside the active ``tf.distribute`` strategy) are re-created there
+        from their current values.
+        """
+        if "_initial" in self.__dict__:
             with tf.device(device):
-                self.w = tf.Variable(self.w.read_value(), trainable=True, name="w")
-                self.b = tf.Variable(self.b.read_value(), trainable=True, name="b")
+                self._create_variables(*self._initial)
+            return
+        strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+        if strategy is not None:
+            fits = all(strategy.extended.variable_created_in_scope(v) for v in (self.w, self.b))
+        else:
+            fits = (same_device(self.w.device, device) and same_device(self.b.device, device)
+                    and not isinstance(self.w, tf.distribute.DistributedValues))
+        if not fits:
+            with tf.device(device):
+                self._create_variables(self.w.read_value(), self.b.read_value())
 
     def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
         check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)
@@ -118,21 +210,30 @@ class LinearRegression(_LinearMixin, Module):
     The loss is the mean squared error *without* d2l 3.4's 1/2 factor, the
     same on every d2lx backend. The layer is lazy as in d2l; its kernel is
     drawn from d2lx's seeded stream once its width is known, the bias is 0.
+    ``loss="huber", huber_sigma=s`` uses Keras' ``Huber`` scaled to d2l
+    3.5.6's formula instead.
     """
 
-    def __init__(self, lr: float, *, sigma: float = 0.01, seed: int | None = None) -> None:
+    def __init__(
+        self, lr: float, *, sigma: float = 0.01, seed: int | None = None,
+        loss: str = "squared", huber_sigma: float = 1.0,
+    ) -> None:
         super().__init__()
         _, lr, sigma = check_linear_args(None, lr, sigma)
-        self.save_hyperparameters(ignore=["seed"])
+        loss, huber_sigma = check_loss_args(loss, huber_sigma)
+        self.save_hyperparameters(ignore=["seed", "loss"])
+        self._init_loss(loss, huber_sigma)
         initializer = SeededNormal(generator("params", resolve_seed(seed)), sigma)
         self.net = tf.keras.layers.Dense(1, kernel_initializer=initializer, bias_initializer="zeros")
-        self.loss_fn = tf.keras.losses.MeanSquaredError()
+        self.loss_fn = tf.keras.losses.MeanSquaredError(reduction=None)
 
     def forward(self, X: tf.Tensor) -> tf.Tensor:
         return self.net(X)
 
     def loss(self, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        return self.loss_fn(y, y_hat)  # Keras losses take (y_true, y_pred)
+        if self.huber is not None:
+            return huber_loss(self.huber, self.huber_sigma, y_hat, y)
+        return batch_mean(self.loss_fn, y_hat, y)
 
     def configure_optimizers(self) -> tf.keras.optimizers.Optimizer:
         return tf.keras.optimizers.SGD(self.lr)
@@ -141,10 +242,18 @@ class LinearRegression(_LinearMixin, Module):
     def num_inputs(self) -> int | None:
         return int(self.net.kernel.shape[0]) if self.net.built else None
 
-    def materialize(self, num_inputs: int, device: str) -> None:
+    def materialize(self, num_inputs: int, device: str | None) -> None:
+        """Build the lazy layer on ``device`` (``None``: TensorFlow's default placement)."""
         if not self.net.built:
             with tf.device(device):
                 self.net.build((None, num_inputs))
+        super().materialize(num_inputs, device)  # refuses variables outside a strategy's scope
+
+    def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
+        """Set the weights; a still-lazy layer is built first with ``w``'s width."""
+        if not self.net.built:
+            self.materialize(int(np.asarray(w).reshape(-1, 1).shape[0]), None)
+        super().set_w_b(w, b)
 
     def get_w_b(self) -> tuple[np.ndarray, np.ndarray]:
         """``(w, b)`` as in the seed (``self.get_weights()``), in d2lx's NumPy layout."""

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
+from d2lx.errors import InvalidArgumentError
 from d2lx.module import ModuleBase
 
 #: Where Keras' own ``self.loss`` value (``None`` or a ``compile`` spec) is kept.
@@ -129,14 +131,33 @@ class Module(ModuleBase, tf.keras.Model):
         self.log("loss", loss, train=False, count=batch_len(batch))
         return loss
 
-    def materialize(self, num_inputs: int, device: str) -> None:
+    def materialize(self, num_inputs: int, device: str | None) -> None:
         """Build lazy Keras layers on ``device`` by calling the model once on zeros.
 
         Keras infers a ``Dense`` layer's width at its first call; doing that
         here, eagerly and under ``tf.device``, keeps variable creation out of
         the compiled training step and puts the variables on the device.
+        ``device=None`` leaves placement to TensorFlow (``set_w_b`` before
+        any fit). Under a ``tf.distribute`` strategy (``Trainer(devices=N)``)
+        the variables must be created in its scope to be mirrored; Keras
+        variables cannot be re-created, so a model built outside it is refused.
         """
         unbuilt = not self.built or any(not layer.built for layer in self._flatten_layers())
         if unbuilt:
             with tf.device(device):
                 self(tf.zeros((1, num_inputs), tf.float32))
+        if tf.distribute.has_strategy():
+            extended = tf.distribute.get_strategy().extended
+            # A Keras variable's ``.value`` is the tf.Variable (Mirrored or not) it wraps.
+            outside = [v.path for v in self.weights if not extended.variable_created_in_scope(v.value)]
+            if outside:
+                raise InvalidArgumentError(
+                    f"{type(self).__name__}'s variables {outside} were created before the "
+                    "data-parallel run, so they are not mirrored across its devices; build a "
+                    "fresh model and pass it to Trainer(devices=N).fit unbuilt (restore weights "
+                    "with fit(..., ckpt_path=...) instead of set_w_b)"
+                )
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Forward a NumPy batch; return NumPy float32 (framework-free, works without a fit)."""
+        return np.asarray(self(tf.constant(np.asarray(X, dtype=np.float32))).numpy(), dtype=np.float32)

@@ -28,6 +28,7 @@ How a step runs (and why):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from d2lx.backends.tensorflow.distributed import DataParallel, ensure_logical_cpus
 from d2lx.backends.tensorflow.ops import TFOps
 from d2lx.data import ArrayLoader, DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
@@ -102,31 +104,35 @@ class Trainer(TrainerBase):
     #: ``loss`` or ``prepare_batch`` branches or loops on tensor values.
     autograph: bool = False
 
-    def __init__(
-        self,
-        max_epochs: int,
-        num_gpus: int = 0,
-        gradient_clip_val: float = 0,
-        *,
-        device: str | None = None,
-        steps_per_execution: int = 1,
-        progress: bool | None = None,
-        plot: str | Path | None = None,
-        check_finite: bool = True,
-        callbacks: Sequence[Callable[[TrainerBase], None]] = (),
-        allow_tf32: bool = False,
-    ) -> None:
+    def __init__(self, max_epochs: int, num_gpus: int = 0, gradient_clip_val: float = 0, *,
+                 allow_tf32: bool = False, **kwargs: Any) -> None:
         if not isinstance(allow_tf32, bool):
             raise ArgumentTypeError(f"allow_tf32 must be True or False, got {allow_tf32!r}")
         self.allow_tf32 = allow_tf32
-        super().__init__(max_epochs, num_gpus, gradient_clip_val, device=device,
-                         steps_per_execution=steps_per_execution, progress=progress, plot=plot,
-                         check_finite=check_finite, callbacks=callbacks)
+        self._dp: DataParallel | None = None
         self.trace_counts: dict[str, int] = {"train": 0, "val": 0}
         self._capture: list[Any] | None = None
         self._compiled: _Compiled | None = None
         self._step: tf.Variable | None = None
         self._bad_step: tf.Variable | None = None
+        self._grad_slots: list[tuple[Any, tf.Variable]] = []
+        self._fit_first_step = 0
+        # Every TrainerBase keyword (device, steps_per_execution, devices, strategy...) is forwarded.
+        super().__init__(max_epochs, num_gpus, gradient_clip_val, **kwargs)
+
+    # -- data parallel (one process, MirroredStrategy; see distributed.py) ----------------
+    def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
+        if specs[0].kind == "cpu":
+            ensure_logical_cpus(len(specs))
+            devices = [f"/CPU:{spec.index}" for spec in specs]
+        else:
+            devices = [self._native_device(spec) for spec in specs]
+        self._dp = DataParallel(devices)
+
+    @property
+    def distribute_strategy(self) -> tf.distribute.Strategy | None:
+        """The ``tf.distribute.MirroredStrategy`` of a ``devices=N`` run (``None`` on one device)."""
+        return None if self._dp is None else self._dp.strategy
 
     # -- adapter hooks -----------------------------------------------------------------
     def _native_device(self, spec: DeviceSpec) -> str:
@@ -145,6 +151,8 @@ class Trainer(TrainerBase):
         return TFOps(self.device)
 
     def _place_model(self, model: Any, num_inputs: int) -> None:
+        if self._dp is not None:
+            self._dp.check_batches(self.train_dataloader.num_examples, self.train_dataloader.batch_size)
         materialize = getattr(model, "materialize", None)
         if materialize is None:
             raise ArgumentTypeError(
@@ -186,6 +194,11 @@ class Trainer(TrainerBase):
             return
         self._build_optimizer()
         variables = list(optim.variables)
+        if not state and not self._optimizer_slots(optim):
+            # A stateless optimizer's checkpoint from another backend (torch/optax/Gluon
+            # SGD keep nothing): nothing to restore but Keras' step counter, which
+            # _restore sets from the checkpoint's step.
+            return
         try:
             by_index = {int(key.split(":", 1)[0]): np.asarray(value) for key, value in state.items()}
         except ValueError:
@@ -202,6 +215,34 @@ class Trainer(TrainerBase):
         for i, variable in enumerate(variables):
             variable.assign(by_index[i].astype(variable.dtype))
 
+    @staticmethod
+    def _optimizer_slots(optim: tf.keras.optimizers.Optimizer) -> list[Any]:
+        """The optimizer's per-parameter state (momentum...), i.e. all but its step and learning rate."""
+        own = {id(optim.iterations)}
+        lr = getattr(optim, "_learning_rate", None)
+        if lr is not None:
+            own.add(id(lr))
+        return [v for v in optim.variables if id(v) not in own]
+
+    def _restore(self, ckpt: Any, path: str | Path) -> None:
+        """The core's restore, then Keras' step counter set to the checkpoint's step."""
+        super()._restore(ckpt, path)
+        if isinstance(self.optim, tf.keras.optimizers.Optimizer) and not ckpt.optimizer:
+            self.optim.iterations.assign(self.train_batch_idx)
+
+    def applied_gradients(self, variables: Sequence[Any]) -> list[np.ndarray] | None:
+        """The gradients the last applied step used for ``variables`` (``None`` before any step).
+
+        Kept on the device by the compiled step (one ``assign`` per variable,
+        no host sync) and read here once.
+        """
+        if not self._grad_slots or self.train_batch_idx <= self._fit_first_step:
+            return None
+        slots = {id(var): slot for var, slot in self._grad_slots}
+        if not all(id(v) in slots for v in variables):
+            return None
+        return [np.asarray(slots[id(v)].numpy()) for v in variables]
+
     def _build_optimizer(self) -> None:
         """Create a Keras optimizer's variables now, eagerly, on the training device.
 
@@ -214,14 +255,20 @@ class Trainer(TrainerBase):
                 optim.build(self.model.trainable_variables)
 
     # -- d2l's surface -----------------------------------------------------------------
-    def fit(self, model: Any, data: DataModule) -> History:
-        """Train ``model`` on ``data``; every array op runs under ``tf.device``."""
+    def fit(self, model: Any, data: DataModule, ckpt_path: str | Path | None = None) -> History:
+        """Train ``model`` on ``data`` (resuming from ``ckpt_path`` if given); the core's ``fit``.
+
+        Every array op runs under ``tf.device``; with ``devices=N`` the whole
+        run (model and optimizer variables included) is in the strategy's scope.
+        """
         self._compiled = None
+        self._grad_slots = []
         self.trace_counts = {"train": 0, "val": 0}
         if self.device_spec.kind == "gpu":
             tf.config.experimental.enable_tensor_float_32_execution(self.allow_tf32)
-        with tf.device(self.device):
-            return super().fit(model, data)
+        scope = self._dp.strategy.scope() if self._dp is not None else contextlib.nullcontext()
+        with tf.device(self.device), scope:
+            return super().fit(model, data, ckpt_path)
 
     def record_loss(self, value: Any, train: bool, count: int) -> None:
         """``Module.log``'s target: while a step is being traced, keep the symbolic loss.
@@ -241,9 +288,15 @@ class Trainer(TrainerBase):
         Python ``if`` on a tensor (which would need a host sync eagerly).
         """
         dense = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in dense]))
-        scale = tf.minimum(tf.constant(1.0, tf.float32), tf.cast(grad_clip_val, tf.float32) / norm)
+        scale = self._clip_scale(grad_clip_val, dense)
         return [g * tf.cast(scale, g.dtype) for g in dense]
+
+    @staticmethod
+    def _clip_scale(grad_clip_val: float, grads: Sequence[Any]) -> tf.Tensor:
+        """``min(1, clip / joint L2 norm of grads)``, a float32 device scalar."""
+        dense = [tf.convert_to_tensor(g) for g in grads]
+        norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in dense]))
+        return tf.minimum(tf.constant(1.0, tf.float32), tf.cast(grad_clip_val, tf.float32) / norm)
 
     def fit_epoch(self) -> None:
         """One epoch: compiled steps over the training set, then the validation set."""
@@ -312,6 +365,9 @@ class Trainer(TrainerBase):
         self._build_optimizer()
         self._step = tf.Variable(self.train_batch_idx, dtype=tf.int64, trainable=False, name="step")
         self._bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="first_bad_step")
+        self._fit_first_step = self.train_batch_idx
+        self._grad_slots = [(v, tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="grad"))
+                            for v in self.model.trainable_variables]
 
         train_spec = _batch_spec(self.train_dataloader.tensors)
         val_loader = self.val_dataloader
@@ -377,24 +433,59 @@ class Trainer(TrainerBase):
             raise TypeError(f"{what} must return the loss (or log it with self.log('loss', loss))")
         return loss
 
-    def _train_one(self, batch: tuple[Any, ...]) -> tf.Tensor:
-        """One optimizer step, traced: tape, gradients, optional clipping, guarded update."""
-        assert self._step is not None and self._bad_step is not None
-        batch = self.prepare_batch(batch)
+    def _loss_and_grads(self, batch: tuple[Any, ...], weight: tf.Tensor | None = None
+                        ) -> tuple[tf.Tensor, list[Any]]:
+        """``training_step`` under a ``GradientTape`` (its loss times ``weight``, if given)."""
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             loss = self._captured(self.model.training_step, batch, "training_step")
-        grads = tape.gradient(loss, variables)
+            if weight is not None:
+                loss = loss * tf.cast(weight, loss.dtype)
+        return loss, list(tape.gradient(loss, variables))
+
+    def _train_one(self, batch: tuple[Any, ...]) -> tf.Tensor:
+        """One optimizer step, traced: tape, gradients, optional clipping, guarded update.
+
+        With ``devices=N`` the loss and gradients are the sums of the
+        replicas' weighted shard losses and gradients (see
+        :mod:`d2lx.backends.tensorflow.distributed`). A Keras optimizer is
+        then applied in replica context (it sums the replicas' gradients
+        itself); d2l's hand-written ``SGD`` updates the mirrored variables
+        with the summed gradient in cross-replica context.
+        """
+        assert self._step is not None and self._bad_step is not None
+        batch = self.prepare_batch(batch)
+        variables = self.model.trainable_variables
+        local = None
+        if self._dp is None:
+            loss, grads = self._loss_and_grads(batch)
+        else:
+            loss, grads, local = self._dp.loss_and_grads(self._loss_and_grads, batch)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        clip_scale = None
         if self.gradient_clip_val > 0 and pairs:
+            clip_scale = self._clip_scale(self.gradient_clip_val, [g for g, _ in pairs])
             clipped = self.clip_gradients(self.gradient_clip_val, [g for g, _ in pairs])
             pairs = list(zip(clipped, [v for _, v in pairs]))
+        slots = {id(var): slot for var, slot in self._grad_slots}
+        replica_apply = local is not None and isinstance(self.optim, tf.keras.optimizers.Optimizer)
+
+        def update() -> None:
+            for g, v in pairs:  # what get_grads() returns: the applied gradient
+                if id(v) in slots:
+                    slots[id(v)].assign(tf.convert_to_tensor(g))
+            if replica_apply:
+                assert self._dp is not None
+                self._dp.apply_in_replicas(self.optim, local, [v for _, v in pairs], clip_scale)
+            else:
+                self.optim.apply_gradients(pairs)
+
         if self.check_finite:
             bad_step, step = self._bad_step, self._step
             ok = tf.logical_and(tf.reduce_all(tf.math.is_finite(loss)), bad_step < 0)
 
             def apply() -> tf.Tensor:
-                self.optim.apply_gradients(pairs)
+                update()
                 return tf.constant(True)
 
             def latch() -> tf.Tensor:  # keep the first bad step; skip this and every later update
@@ -403,7 +494,7 @@ class Trainer(TrainerBase):
 
             tf.cond(ok, apply, latch)
         else:
-            self.optim.apply_gradients(pairs)
+            update()
         self._step.assign_add(1)
         return tf.reshape(tf.cast(loss, tf.float32), [])
 

@@ -1,0 +1,155 @@
+"""Data-parallel training for the TensorFlow backend on ``tf.distribute.MirroredStrategy``.
+
+One process drives N devices (``/GPU:0..N-1``, or N logical CPU devices made
+from the physical CPU with ``tf.config.set_logical_device_configuration``),
+as in TensorFlow's "custom training loop with ``tf.distribute``" guide:
+
+* Variables (model, optimizer, the trainer's counters) are created in
+  ``strategy.scope()``, so each is a ``MirroredVariable``: one copy per
+  device, kept equal by updates applied to every copy.
+* Each compiled training step receives the whole global batch;
+  ``strategy.run`` runs the model's ``training_step`` once per device on
+  that device's contiguous shard (the split of :func:`d2lx.data.shard_slices`,
+  computed in the graph because the last batch is shorter) under its own
+  ``GradientTape``.
+* Shards may differ in size by one example, so each replica's mean loss is
+  weighted by ``shard / batch``: its gradient is then that shard's
+  ``sum(loss_i) / global_batch_size``, the weighting
+  ``tf.nn.compute_average_loss(..., global_batch_size=...)`` applies to
+  per-example losses. ``strategy.extended.batch_reduce_to(SUM, ...)`` adds
+  the replicas' losses and gradients in one cross-device reduction, which
+  gives exactly the global batch's mean loss and its gradient.
+* The update (clipping, the finite-loss guard, the optimizer) then runs once
+  in cross-replica context on that summed gradient; Keras optimizers and
+  ``MirroredVariable.assign_sub`` apply it to every copy. (In replica
+  context a Keras optimizer would all-reduce the gradients itself; here they
+  are already reduced, so clipping and ``get_grads`` see the global gradient.)
+
+N-device training therefore ends where one-device training ends, within
+float32 rounding. Validation runs on the first device with the (identical)
+first copy of the variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from d2lx.errors import InvalidArgumentError
+
+
+def ensure_logical_cpus(count: int) -> None:
+    """Make TensorFlow expose at least ``count`` logical CPU devices (``/CPU:0..count-1``).
+
+    TensorFlow fixes its device list when its runtime starts (the first op or
+    variable), so the physical CPU is split here only if that has not
+    happened yet; otherwise a runtime with too few CPU devices is an error
+    that names the fix.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    configured = tf.config.get_logical_device_configuration(cpu)
+    if configured is not None and len(configured) >= count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:  # "Virtual devices cannot be modified after being initialized"
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have >= count:
+            return
+        raise InvalidArgumentError(
+            f"devices={count} on the CPU needs {count} logical CPU devices, but TensorFlow's "
+            f"runtime already started with {have}; create the Trainer(devices={count}) before "
+            "any TensorFlow op or variable runs (build data and d2lx models first, they do "
+            "not start it), or split the CPU at the top of your script: "
+            "tf.config.set_logical_device_configuration(tf.config.list_physical_devices('CPU')[0], "
+            f"[tf.config.LogicalDeviceConfiguration()] * {count})"
+        ) from None
+
+
+def shard_bounds(n: tf.Tensor, world: int, replica: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(start, size)`` of ``replica``'s shard of ``n`` examples, in the graph.
+
+    The same split as :func:`d2lx.data.shard_slices` (``numpy.array_split``):
+    the first ``n % world`` replicas get one example more.
+    """
+    replica = tf.cast(replica, n.dtype)
+    base, extra = n // world, n % world
+    start = replica * base + tf.minimum(replica, extra)
+    size = base + tf.cast(replica < extra, n.dtype)
+    return start, size
+
+
+class DataParallel:
+    """The ``MirroredStrategy`` of one trainer, the batch check and the sharded step."""
+
+    def __init__(self, devices: Sequence[str]) -> None:
+        self.devices = list(devices)
+        self.world = len(self.devices)
+        self.strategy = tf.distribute.MirroredStrategy(devices=self.devices)
+
+    def check_batches(self, num_examples: int, batch_size: int) -> None:
+        """Refuse batches that would leave a device without examples (before any step)."""
+        last = num_examples % batch_size or batch_size
+        if min(batch_size, last) < self.world:
+            raise InvalidArgumentError(
+                f"a batch of {min(batch_size, last)} example(s) cannot be split across {self.world} "
+                f"devices; use batch_size >= {self.world} and a num_train whose last batch "
+                f"(num_train % batch_size) is 0 or >= {self.world}"
+            )
+
+    def loss_and_grads(
+        self,
+        replica_fn: Callable[[tuple[Any, ...], tf.Tensor], tuple[tf.Tensor, list[Any]]],
+        batch: tuple[Any, ...],
+    ) -> tuple[tf.Tensor, list[Any], Any]:
+        """Run ``replica_fn(shard, weight)`` on every device; sum losses and gradients across them.
+
+        Called while tracing, in cross-replica context. ``replica_fn`` returns
+        the weighted loss and one gradient per trainable variable (``None``
+        where a variable gets none; that pattern is the same on every
+        replica). Returns the global batch's mean loss and gradients (one
+        batched all-reduce, read from the first device) and the replicas' own
+        weighted gradients (``PerReplica``), for an optimizer that sums them
+        itself (:meth:`apply_in_replicas`).
+        """
+        world = self.world
+        missing: list[bool] = []
+
+        def on_replica(*global_batch: Any) -> tuple[tf.Tensor, list[Any]]:
+            ctx = tf.distribute.get_replica_context()
+            n = tf.shape(global_batch[-1], out_type=tf.int64)[0]
+            start, size = shard_bounds(n, world, ctx.replica_id_in_sync_group)
+            shard = tuple(t[start:start + size] for t in global_batch)
+            weight = tf.cast(size, tf.float32) / tf.cast(n, tf.float32)
+            loss, grads = replica_fn(shard, weight)
+            missing[:] = [g is None for g in grads]
+            return loss, [tf.convert_to_tensor(g) for g in grads if g is not None]
+
+        loss, local = self.strategy.run(on_replica, args=tuple(batch))
+        values = [loss, *local]
+        # Destination = the values' own devices: an all-reduce (the efficient batched path).
+        summed = self.strategy.extended.batch_reduce_to(
+            tf.distribute.ReduceOp.SUM, [(v, v) for v in values])
+        first = [self.strategy.experimental_local_results(v)[0] for v in summed]
+        rest = iter(first[1:])
+        return first[0], [None if gone else next(rest) for gone in missing], local
+
+    def apply_in_replicas(self, optim: Any, local: Sequence[Any], variables: Sequence[Any],
+                          scale: tf.Tensor | None) -> None:
+        """``optim.apply_gradients`` in replica context, on each replica's own gradients.
+
+        Keras optimizers must be applied in replica context under a strategy
+        (their update goes through ``merge_call``), where they all-reduce
+        (sum) the replicas' gradients themselves; the sum of the weighted
+        shard gradients is the global batch's gradient. ``scale`` is the
+        clipping factor computed from that sum (the same on every replica).
+        """
+
+        def on_replica(*grads: Any) -> None:
+            if scale is not None:
+                grads = tuple(g * tf.cast(scale, g.dtype) for g in grads)
+            optim.apply_gradients(list(zip(grads, variables)))
+
+        self.strategy.run(on_replica, args=tuple(local))
