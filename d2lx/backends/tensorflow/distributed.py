@@ -81,13 +81,40 @@ def shard_bounds(n: tf.Tensor, world: int, replica: Any) -> tuple[tf.Tensor, tf.
     return start, size
 
 
+_STRATEGIES: dict[tuple[str, ...], tf.distribute.MirroredStrategy] = {}
+
+
+def mirrored_strategy(devices: Sequence[str]) -> tf.distribute.MirroredStrategy:
+    """The process's one ``MirroredStrategy`` over ``devices`` (made on first use).
+
+    One per device set, shared by trainers: variables are mirrored by the
+    strategy whose scope created them, so a model trained by one
+    ``Trainer(devices=N)`` can be trained again by another. The reduction is
+    explicit: TensorFlow's default, collective all-reduce, numbers its
+    collective groups per strategy from the same start, so two strategies
+    over different device sets in one process would collide ("joining a
+    group with size 3, but that group has size 2"). On CPU devices
+    ``ReductionToOneDevice`` (sum on the first device, copy back) is what a
+    few logical CPUs sharing one memory need; on GPUs ``NcclAllReduce``.
+    """
+    key = tuple(devices)
+    strategy = _STRATEGIES.get(key)
+    if strategy is None:
+        on_cpu = all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in key)
+        ops = (tf.distribute.ReductionToOneDevice(reduce_to_device=key[0]) if on_cpu
+               else tf.distribute.NcclAllReduce())
+        strategy = _STRATEGIES[key] = tf.distribute.MirroredStrategy(devices=list(key),
+                                                                    cross_device_ops=ops)
+    return strategy
+
+
 class DataParallel:
     """The ``MirroredStrategy`` of one trainer, the batch check and the sharded step."""
 
     def __init__(self, devices: Sequence[str]) -> None:
         self.devices = list(devices)
         self.world = len(self.devices)
-        self.strategy = tf.distribute.MirroredStrategy(devices=self.devices)
+        self.strategy = mirrored_strategy(self.devices)
 
     def check_batches(self, num_examples: int, batch_size: int) -> None:
         """Refuse batches that would leave a device without examples (before any step)."""
