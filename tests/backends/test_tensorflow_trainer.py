@@ -53,13 +53,60 @@ def test_fused_steps_equal_the_step_by_step_run(kind: str, steps: int) -> None:
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
 @pytest.mark.parametrize("steps", [1, 4])
 def test_one_trace_per_run_not_per_epoch_or_short_batch(kind: str, steps: int) -> None:
-    trainer, _, _ = _fit(kind, steps, epochs=4)
+    # A clipping value no other test uses: a run structure not compiled before in this process.
+    trainer, _, _ = _fit(kind, steps, epochs=4, gradient_clip_val=50.0 + steps)
+    assert not trainer.compile_cache_hit
     assert trainer.trace_counts == {"train": 1, "val": 1}  # Python-side counter
     compiled = trainer._compiled
-    train_fn = compiled.train_step if steps == 1 else compiled.train_many
-    val_fn = compiled.val_step if steps == 1 else compiled.val_many
-    assert train_fn.experimental_get_tracing_count() == 1  # TensorFlow's own count
-    assert val_fn.experimental_get_tracing_count() == 1
+    assert compiled.fns["train"].experimental_get_tracing_count() == 1  # TensorFlow's own count
+    assert compiled.fns["val"].experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("kind", ["scratch", "concise"])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_a_fresh_model_of_the_same_structure_reuses_the_compiled_step_on_its_own_variables(
+        kind: str, steps: int) -> None:
+    first, net1, seen1 = _fit(kind, steps, gradient_clip_val=60.0 + steps)
+    w1, b1 = net1.get_w_b()
+    g1 = net1.get_grads()
+    second, net2, seen2 = _fit(kind, steps, gradient_clip_val=60.0 + steps)
+    assert second.compile_cache_hit and second.trace_counts == {"train": 0, "val": 0}
+    assert second._compiled is first._compiled
+    assert second._compiled.fns["train"].experimental_get_tracing_count() == 1
+    for (w, b), (w_ref, b_ref) in zip(seen2, seen1, strict=True):  # the same run again
+        np.testing.assert_allclose(w, w_ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(b, b_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(second.history.train_loss, first.history.train_loss, rtol=1e-6)
+    np.testing.assert_allclose(second.history.val_loss, first.history.val_loss, rtol=1e-6)
+    # The second run wrote its own variables only: the first model and its gradients are untouched.
+    np.testing.assert_array_equal(net1.get_w_b()[0], w1)
+    np.testing.assert_array_equal(net1.get_w_b()[1], b1)
+    for got, want in zip(net1.get_grads(), g1):
+        np.testing.assert_array_equal(got, want)
+    # The first model can train again with the same compiled step (re-bound to it).
+    again = d2l.Trainer(max_epochs=1, steps_per_execution=steps, gradient_clip_val=60.0 + steps,
+                        progress=False)
+    again.fit(net1, SyntheticRegressionData(w=[2, -3.4, 0.5], b=4.2, num_train=100, num_val=30,
+                                            batch_size=7, seed=2))
+    assert again.compile_cache_hit and not np.array_equal(net1.get_w_b()[0], w1)
+    np.testing.assert_array_equal(net2.get_w_b()[0], seen2[-1][0])
+
+
+def test_other_structures_and_user_models_are_traced_anew() -> None:
+    _fit("concise", 1, gradient_clip_val=70.0)
+    other_lr = d2l.Trainer(max_epochs=1, gradient_clip_val=70.0, progress=False)
+    data = SyntheticRegressionData(w=[2, -3.4, 0.5], b=4.2, num_train=100, num_val=30, batch_size=7, seed=2)
+    other_lr.fit(d2l.LinearRegression(lr=0.031), data)  # lr is a Python value of the step's config
+    assert not other_lr.compile_cache_hit and other_lr.trace_counts["train"] == 1
+
+    class Scaled(d2l.LinearRegression):  # may read Python state d2lx cannot see: never shared
+        def loss(self, y_hat: Any, y: Any) -> Any:
+            return 2.0 * super().loss(y_hat, y)
+
+    for _ in range(2):
+        trainer = d2l.Trainer(max_epochs=1, gradient_clip_val=70.0, progress=False)
+        trainer.fit(Scaled(lr=0.03), data)
+        assert not trainer.compile_cache_hit and trainer.trace_counts["train"] == 1
 
 
 def test_losses_stay_on_the_device_until_the_epoch_ends() -> None:

@@ -53,6 +53,10 @@ def batch_mean(loss_fn: tf.keras.losses.Loss, y_hat: tf.Tensor, y: tf.Tensor) ->
     return tf.reduce_mean(loss_fn(y, y_hat))  # Keras losses take (y_true, y_pred)
 
 
+#: The methods a traced training/validation step calls on a model.
+_STEP_METHODS = ("__call__", "call", "forward", "loss", "training_step", "validation_step", "log")
+
+
 class _LinearMixin:
     """``get_w_b``/``set_w_b``/``get_grads`` in d2lx's layout: w (n, 1), b (1,), NumPy float32."""
 
@@ -60,6 +64,23 @@ class _LinearMixin:
 
     def _w_b_variables(self) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def compile_key(self) -> Any:
+        """What fixes this model's traced step, so a fresh model can reuse a compiled one.
+
+        Only d2lx's own two classes (not subclasses, which may keep Python
+        state the trace reads): the class, the methods the step calls (a
+        method replaced with ``add_to_class`` changes the key) and the
+        hyperparameters, which determine every Python value the step reads.
+        ``None`` (no reuse) if a method was overridden on the instance.
+        """
+        cls = type(self)
+        if cls not in (LinearRegression, LinearRegressionScratch):
+            return None
+        if any(name in self.__dict__ for name in _STEP_METHODS):
+            return None
+        return (cls, tuple(getattr(cls, name) for name in _STEP_METHODS),
+                repr(sorted(self.hparams.items())))
 
     def _init_loss(self, loss: str, huber_sigma: float) -> None:
         """Keep the loss choice without hiding the ``loss()`` method (``self.loss`` stays unset)."""

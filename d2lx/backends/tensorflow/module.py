@@ -158,6 +158,15 @@ class Module(ModuleBase, tf.keras.Model):
                     "with fit(..., ckpt_path=...) instead of set_w_b)"
                 )
 
+    def compile_key(self) -> Any:
+        """A key that fixes this model's traced step, for reuse by later fits; ``None``: no reuse.
+
+        A model's step may read any Python attribute, which d2lx cannot see,
+        so by default every ``fit`` traces anew. d2lx's linear models say
+        which values matter (see ``LinearRegression.compile_key``).
+        """
+        return None
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Forward a NumPy batch; return NumPy float32 (framework-free, works without a fit)."""
         return np.asarray(self(tf.constant(np.asarray(X, dtype=np.float32))).numpy(), dtype=np.float32)

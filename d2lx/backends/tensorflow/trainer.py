@@ -29,6 +29,7 @@ How a step runs (and why):
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from d2lx.backends.tensorflow.distributed import DataParallel, ensure_logical_cpus
+from d2lx.backends.tensorflow.models import SGD
 from d2lx.backends.tensorflow.ops import TFOps
 from d2lx.data import ArrayLoader, DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
@@ -50,35 +52,90 @@ def _batch_spec(tensors: Sequence[Any]) -> tuple[tf.TensorSpec, ...]:
     return tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in tensors)
 
 
+def _batch_at(tensors: Sequence[Any], i: tf.Tensor, batch_size: int) -> tuple[Any, ...]:
+    """Batch ``i`` of the epoch's ``tensors``, sliced in the graph (the last one may be shorter)."""
+    n = tf.shape(tensors[0], out_type=tf.int64)[0]
+    lo = i * batch_size
+    hi = tf.minimum(lo + batch_size, n)
+    return tuple(t[lo:hi] for t in tensors)
+
+
+_INDICES: list[tf.Tensor] = []
+
+
+def _indices(count: int) -> list[tf.Tensor]:
+    """Host-made int64 scalars ``0..count-1`` for the compiled calls, created once per process.
+
+    Passing a ready tensor costs nothing; making one per step is an eager op.
+    """
+    while len(_INDICES) < count:
+        with tf.device("/CPU:0"):
+            _INDICES.append(tf.constant(len(_INDICES), tf.int64))
+    return _INDICES[:count]
+
+
 def _batch_sizes(num_examples: int, batch_size: int, start: int, stop: int) -> list[int]:
     """Sizes of batches ``start..stop-1`` of an epoch (the last one may be shorter)."""
     return [min(batch_size, num_examples - k * batch_size) for k in range(start, stop)]
 
 
-class _Compiled:
-    """The compiled functions of one ``fit`` (one model, optimizer, pair of loaders).
+def _handle(variable: Any) -> Any:
+    """The resource handle a traced function captures for ``variable`` (Keras or tf.Variable)."""
+    if not isinstance(variable, tf.Variable):
+        variable = variable.value  # a Keras variable wraps a tf.Variable
+    return variable.handle
 
-    The ``tf.function`` s are kept (their tracing counts are what tests and
-    users inspect); calls go to their single concrete function, fetched once,
-    which skips ``tf.function``'s per-call signature matching (a few ms per
-    call on a small CPU, i.e. most of a small model's step time).
+
+class _Compiled:
+    """The compiled functions of one run's structure: traced once, reusable across fits.
+
+    ``fns`` maps names (``train``/``val``) to ``tf.function`` s traced with the
+    variables of the run that built them (``owner``: model, optimizer and
+    trainer variables, in :meth:`Trainer._state_variables` order). Calls go
+    to each function's single concrete function, fetched once, which skips
+    ``tf.function``'s per-call signature matching.
+
+    A later fit with a model of the *same structure* (see
+    :meth:`Trainer._structure_key`) reuses them: the concrete functions' only
+    captured inputs are those variables' resource handles (checked when
+    traced), and :meth:`bind` points them at the new run's variables with
+    ``ConcreteFunction.set_external_captures``, TensorFlow's own way of
+    re-binding a traced function's captured state (used when loading a
+    SavedModel). The graph is unchanged; only which variables it reads and
+    writes changes, so there is no retracing and no graph re-optimisation.
     """
 
-    def __init__(self, key: tuple[int, ...], train_step: Any, val_step: Any,
-                 train_many: Any, val_many: Any) -> None:
-        self.key = key
-        self.train_step = train_step
-        self.val_step = val_step
-        self.train_many = train_many
-        self.val_many = val_many
-        self._concrete: dict[str, Any] = {}
+    def __init__(self, fns: dict[str, Any], owner: Sequence[Any] | None) -> None:
+        self.fns = fns
+        self.concrete = {name: fn.get_concrete_function() for name, fn in fns.items()}
+        if owner is None:  # not reusable (no structure key): never re-bound
+            self._owner_ids = self._bound = []
+            self.rebindable = False
+            return
+        self._owner_ids = [id(_handle(v)) for v in owner]
+        self._bound: list[int] = list(self._owner_ids)
+        # The captures as traced (set_external_captures replaces a function's list).
+        self._captures = {name: list(cf.captured_inputs) for name, cf in self.concrete.items()}
+        owned = set(self._owner_ids)
+        self.rebindable = all(id(t) in owned for caps in self._captures.values() for t in caps)
 
-    def concrete(self, name: str) -> Any:
-        """The one concrete function of ``name`` (traced on first request)."""
-        fn = self._concrete.get(name)
-        if fn is None:
-            fn = self._concrete[name] = getattr(self, name).get_concrete_function()
-        return fn
+    def bind(self, state: Sequence[Any]) -> None:
+        """Make the functions read and write ``state`` (same layout as the owner's variables)."""
+        if not self.rebindable:
+            return
+        handles = [_handle(v) for v in state]
+        ids = [id(h) for h in handles]
+        if ids == self._bound:
+            return
+        position = {owner_id: i for i, owner_id in enumerate(self._owner_ids)}
+        for name, cf in self.concrete.items():
+            cf.set_external_captures([handles[position[id(t)]] for t in self._captures[name]])
+        self._bound = ids
+
+
+#: Compiled functions by run structure (see Trainer._structure_key); a few recent ones.
+_CACHE: OrderedDict[Any, _Compiled] = OrderedDict()
+_CACHE_SIZE = 16
 
 
 class Trainer(TrainerBase):
@@ -113,6 +170,8 @@ class Trainer(TrainerBase):
         self.trace_counts: dict[str, int] = {"train": 0, "val": 0}
         self._capture: list[Any] | None = None
         self._compiled: _Compiled | None = None
+        self._compiled_key: tuple[int, ...] | None = None
+        self.compile_cache_hit = False
         self._step: tf.Variable | None = None
         self._bad_step: tf.Variable | None = None
         self._grad_slots: list[tuple[Any, tf.Variable]] = []
@@ -302,6 +361,7 @@ class Trainer(TrainerBase):
         """One epoch: compiled steps over the training set, then the validation set."""
         with tf.device(self.device):
             compiled = self._ensure_compiled()
+            compiled.bind(self._state_variables())  # no-op unless another run used it since
             if self.steps_per_execution > 1:
                 self._fused_epoch(compiled)
             else:
@@ -309,37 +369,47 @@ class Trainer(TrainerBase):
 
     # -- the epoch loops ------------------------------------------------------------------
     def _stepwise_epoch(self, compiled: _Compiled) -> None:
-        """d2l's loop: iterate the loader, one compiled call per batch."""
-        train_step = compiled.concrete("train_step")
-        for batch in self.train_dataloader:
-            loss = train_step(*batch)
-            self._train_meter.add(loss, int(batch[-1].shape[0]))
-            self.train_batch_idx += 1
+        """d2l's loop, one compiled call per batch.
+
+        The epoch's order is drawn with the loader's ``epoch_tensors()`` (the
+        random stream is consumed exactly as iterating the loader consumes
+        it) and each call slices its batch itself from a device index, as a
+        hand-written ``tf.function`` loop does: no eager slicing per step.
+        """
+        loader = self.train_dataloader
+        self._run_stepwise(compiled.concrete["train"], loader, self._train_meter, train=True)
         self._raise_if_diverged()  # one host read per epoch
-        if self.val_dataloader is None:
-            return
-        val_step = compiled.concrete("val_step")
-        for batch in self.val_dataloader:
-            loss = val_step(*batch)
-            self._val_meter.add(loss, int(batch[-1].shape[0]))
-            self.val_batch_idx += 1
+        if self.val_dataloader is not None:
+            self._run_stepwise(compiled.concrete["val"], self.val_dataloader, self._val_meter,
+                               train=False)
+
+    def _run_stepwise(self, fn: Any, loader: ArrayLoader, meter: Any, train: bool) -> None:
+        tensors = tuple(loader.epoch_tensors())
+        sizes = _batch_sizes(loader.num_examples, loader.batch_size, 0, len(loader))
+        for index, size in zip(_indices(len(loader)), sizes):
+            meter.add(fn(tensors, index), size)
+        if train:
+            self.train_batch_idx += len(sizes)
+        else:
+            self.val_batch_idx += len(sizes)
 
     def _fused_epoch(self, compiled: _Compiled) -> None:
         """``steps_per_execution`` steps per compiled call over the epoch's device arrays."""
         loader = self.train_dataloader
         tensors = loader.epoch_tensors()  # draws the order exactly as iteration would
-        self._run_fused(compiled.concrete("train_many"), loader, tensors, self._train_meter, train=True)
+        self._run_fused(compiled.concrete["train"], loader, tensors, self._train_meter, train=True)
         if self.val_dataloader is not None:
             val = self.val_dataloader
-            self._run_fused(compiled.concrete("val_many"), val, val.epoch_tensors(), self._val_meter,
+            self._run_fused(compiled.concrete["val"], val, val.epoch_tensors(), self._val_meter,
                             train=False)
 
     def _run_fused(self, fn: Any, loader: ArrayLoader, tensors: tuple[Any, ...], meter: Any,
                    train: bool) -> None:
         num_batches = len(loader)
+        indices = _indices(num_batches + 1)
         for start in range(0, num_batches, self.steps_per_execution):
             stop = min(start + self.steps_per_execution, num_batches)
-            losses = fn(tuple(tensors), tf.constant(start, tf.int64), tf.constant(stop, tf.int64))
+            losses = fn(tuple(tensors), indices[start], indices[stop])
             sizes = _batch_sizes(loader.num_examples, loader.batch_size, start, stop)
             for loss, size in zip(tf.unstack(losses, num=stop - start), sizes):  # one op, no sync
                 meter.add(loss, size)
@@ -358,9 +428,56 @@ class Trainer(TrainerBase):
             self.raise_divergence(self.epoch, bad)
 
     # -- building the compiled functions -------------------------------------------------
+    def _state_variables(self) -> list[Any]:
+        """Every variable a compiled step reads or writes, in a fixed order.
+
+        The model's, the optimizer's and the trainer's own (step counter,
+        first-bad-step latch, applied-gradient slots): the layout in which a
+        cached :class:`_Compiled` is re-bound to another run.
+        """
+        assert self._step is not None and self._bad_step is not None
+        model_vars = list(self.model.trainable_variables) + list(
+            getattr(self.model, "non_trainable_variables", []))
+        optim_vars = list(self.optim.variables) if isinstance(
+            self.optim, tf.keras.optimizers.Optimizer) else []
+        return [*model_vars, *optim_vars, self._step, self._bad_step,
+                *(slot for _, slot in self._grad_slots)]
+
+    def _structure_key(self, state: Sequence[Any]) -> Any:
+        """What fixes the traced graph, or ``None`` where d2lx cannot tell (then: no reuse).
+
+        Reuse needs every Python value the trace reads to be known: the model
+        says so with ``compile_key()`` (d2lx's two linear models: class, the
+        methods in use and the hyperparameters; other models return ``None``),
+        the optimizer is a Keras optimizer (its config) or d2l's ``SGD`` (its
+        ``lr``), and the trainer's options, methods, device, data layout and
+        variable shapes must match. Data-parallel runs are not shared.
+        """
+        model_key = getattr(self.model, "compile_key", lambda: None)()
+        optim = self.optim
+        if isinstance(optim, tf.keras.optimizers.Optimizer):
+            # Keras numbers instance names (sgd, sgd_1...); the name does not shape the step.
+            config = {k: v for k, v in optim.get_config().items() if k != "name"}
+            optim_key: Any = (type(optim), repr(sorted(config.items())))
+        elif type(optim) is SGD:
+            optim_key = (SGD, repr(sorted(optim.hparams.items())))
+        else:
+            optim_key = None
+        methods = ("prepare_batch", "clip_gradients", "_train_one", "_val_one", "_captured")
+        if (model_key is None or optim_key is None or self._dp is not None
+                or any(name in self.__dict__ for name in methods)):
+            return None
+        loaders = [self.train_dataloader, self.val_dataloader]
+        data_key = tuple(None if ld is None else (ld.batch_size, _batch_spec(ld.tensors)) for ld in loaders)
+        return (model_key, optim_key, type(self), tuple(getattr(type(self), m) for m in methods),
+                self.gradient_clip_val, self.check_finite, self.autograph, self.device,
+                self.steps_per_execution > 1, data_key,
+                tuple((tuple(v.shape), v.dtype.name if hasattr(v.dtype, "name") else str(v.dtype))
+                      for v in state))
+
     def _ensure_compiled(self) -> _Compiled:
         key = (id(self.model), id(self.optim), id(self.train_dataloader), id(self.val_dataloader))
-        if self._compiled is not None and self._compiled.key == key:
+        if self._compiled is not None and self._compiled_key == key:
             return self._compiled
         self._build_optimizer()
         self._step = tf.Variable(self.train_batch_idx, dtype=tf.int64, trainable=False, name="step")
@@ -368,53 +485,67 @@ class Trainer(TrainerBase):
         self._fit_first_step = self.train_batch_idx
         self._grad_slots = [(v, tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="grad"))
                             for v in self.model.trainable_variables]
+        state = self._state_variables()
+        structure = self._structure_key(state)
+        compiled = _CACHE.get(structure) if structure is not None else None
+        if compiled is not None:
+            _CACHE.move_to_end(structure)
+            self.compile_cache_hit = True
+        else:
+            self.compile_cache_hit = False
+            compiled = self._trace(state if structure is not None else None)
+            if structure is not None and compiled.rebindable:
+                _CACHE[structure] = compiled
+                while len(_CACHE) > _CACHE_SIZE:
+                    _CACHE.popitem(last=False)
+        self._compiled, self._compiled_key = compiled, key
+        return compiled
 
+    def _trace(self, state: Sequence[Any] | None) -> _Compiled:
+        """Build and trace this run's training and validation functions (one trace each)."""
         train_spec = _batch_spec(self.train_dataloader.tensors)
         val_loader = self.val_dataloader
         val_spec = train_spec if val_loader is None else _batch_spec(val_loader.tensors)
         index = tf.TensorSpec((), tf.int64)
-
-        def train_step(*batch: Any) -> tf.Tensor:
-            self.trace_counts["train"] += 1  # Python side effect: runs only while tracing
-            return self._train_one(batch)
-
-        def val_step(*batch: Any) -> tf.Tensor:
-            self.trace_counts["val"] += 1
-            return self._val_one(batch)
-
         train_bs = self.train_dataloader.batch_size
         val_bs = train_bs if val_loader is None else val_loader.batch_size
+        counts = self.trace_counts  # Python side effects: they run only while tracing
+
+        def train_step(tensors: tuple[Any, ...], i: tf.Tensor) -> tf.Tensor:
+            counts["train"] += 1
+            return self._train_one(_batch_at(tensors, i, train_bs))
+
+        def val_step(tensors: tuple[Any, ...], i: tf.Tensor) -> tf.Tensor:
+            counts["val"] += 1
+            return self._val_one(_batch_at(tensors, i, val_bs))
 
         def train_many(tensors: tuple[Any, ...], start: tf.Tensor, stop: tf.Tensor) -> tf.Tensor:
-            self.trace_counts["train"] += 1
+            counts["train"] += 1
             return self._loop(self._train_one, tensors, start, stop, train_bs)
 
         def val_many(tensors: tuple[Any, ...], start: tf.Tensor, stop: tf.Tensor) -> tf.Tensor:
-            self.trace_counts["val"] += 1
+            counts["val"] += 1
             return self._loop(self._val_one, tensors, start, stop, val_bs)
 
         ag = self.autograph
-        self._compiled = _Compiled(
-            key,
-            tf.function(train_step, input_signature=list(train_spec), autograph=ag),
-            tf.function(val_step, input_signature=list(val_spec), autograph=ag),
-            tf.function(train_many, input_signature=[train_spec, index, index], autograph=ag),
-            tf.function(val_many, input_signature=[val_spec, index, index], autograph=ag),
-        )
-        return self._compiled
+        if self.steps_per_execution > 1:
+            fns = {"train": tf.function(train_many, input_signature=[train_spec, index, index], autograph=ag)}
+            if val_loader is not None:
+                fns["val"] = tf.function(val_many, input_signature=[val_spec, index, index], autograph=ag)
+        else:
+            fns = {"train": tf.function(train_step, input_signature=[train_spec, index], autograph=ag)}
+            if val_loader is not None:
+                fns["val"] = tf.function(val_step, input_signature=[val_spec, index], autograph=ag)
+        return _Compiled(fns, state)
 
     @staticmethod
     def _loop(step: Callable[[tuple[Any, ...]], tf.Tensor], tensors: tuple[Any, ...],
               start: tf.Tensor, stop: tf.Tensor, batch_size: int) -> tf.Tensor:
         """Run ``step`` on batches ``start..stop-1`` of ``tensors``; return their losses."""
-        n = tf.shape(tensors[0], out_type=tf.int64)[0]
-        bs = tf.constant(batch_size, tf.int64)
         losses = tf.TensorArray(tf.float32, size=tf.cast(stop - start, tf.int32))
 
         def body(i: tf.Tensor, losses: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
-            lo = i * bs
-            hi = tf.minimum(lo + bs, n)
-            loss = step(tuple(t[lo:hi] for t in tensors))
+            loss = step(_batch_at(tensors, i, batch_size))
             return i + 1, losses.write(tf.cast(i - start, tf.int32), loss)
 
         # parallel_iterations=1: each step reads the parameters the previous one wrote.
