@@ -221,8 +221,14 @@ class Trainer(TrainerBase):
         materialize(num_inputs, self.device)
 
     def _losses_to_host(self, values: list[Any]) -> np.ndarray:
+        """One device op and one transfer for the epoch's losses (scalars, or fused calls' vectors)."""
         with tf.device(self.device):
-            stacked = tf.stack([tf.reshape(tf.cast(v, tf.float32), []) for v in values])
+            if all(getattr(v, "shape", None) is not None and v.shape.rank == 0 for v in values):
+                stacked = tf.stack(values)  # step by step: the compiled step returns scalars
+            else:
+                stacked = tf.concat([tf.reshape(v, [-1]) for v in values], axis=0)
+            if stacked.dtype != tf.float32:
+                stacked = tf.cast(stacked, tf.float32)
         return np.asarray(stacked.numpy(), dtype=np.float64)
 
     def _is_finite(self, loss: Any) -> bool:
@@ -410,9 +416,9 @@ class Trainer(TrainerBase):
         for start in range(0, num_batches, self.steps_per_execution):
             stop = min(start + self.steps_per_execution, num_batches)
             losses = fn(tuple(tensors), indices[start], indices[stop])
-            sizes = _batch_sizes(loader.num_examples, loader.batch_size, start, stop)
-            for loss, size in zip(tf.unstack(losses, num=stop - start), sizes):  # one op, no sync
-                meter.add(loss, size)
+            # The call's loss vector stays one device value; the meter gets one size per step.
+            meter.values.append(losses)
+            meter.counts.extend(_batch_sizes(loader.num_examples, loader.batch_size, start, stop))
             if train:
                 self.train_batch_idx += stop - start
                 self._raise_if_diverged()  # one host read per call
