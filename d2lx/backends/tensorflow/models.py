@@ -264,11 +264,15 @@ class LinearRegression(_LinearMixin, Module):
         return int(self.net.kernel.shape[0]) if self.net.built else None
 
     def materialize(self, num_inputs: int, device: str | None) -> None:
-        """Build the lazy layer on ``device`` (``None``: TensorFlow's default placement)."""
+        """Build the lazy layer on ``device`` (``None``: TensorFlow's default placement).
+
+        ``Dense.build`` creates the variables without an eager forward pass
+        (``Module.materialize``'s generic way), which would cost a Keras call per fit.
+        """
         if not self.net.built:
             with tf.device(device):
                 self.net.build((None, num_inputs))
-        super().materialize(num_inputs, device)  # refuses variables outside a strategy's scope
+        self._check_mirrored()  # refuses variables created outside a strategy's scope
 
     def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
         """Set the weights; a still-lazy layer is built first with ``w``'s width."""

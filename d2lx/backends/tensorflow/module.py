@@ -146,6 +146,10 @@ class Module(ModuleBase, tf.keras.Model):
         if unbuilt:
             with tf.device(device):
                 self(tf.zeros((1, num_inputs), tf.float32))
+        self._check_mirrored()
+
+    def _check_mirrored(self) -> None:
+        """Under a ``tf.distribute`` strategy, refuse Keras variables created outside its scope."""
         if tf.distribute.has_strategy():
             extended = tf.distribute.get_strategy().extended
             # A Keras variable's ``.value`` is the tf.Variable (Mirrored or not) it wraps.
