@@ -25,8 +25,9 @@ from d2lx.module import ModuleBase, _batch_len
 Params = Any  # a pytree of jax.Array (flax's FrozenDict or dict)
 
 # Host-side bookkeeping a frozen flax module must still accept after
-# construction: the d2l trainer link, d2l's train/eval switch, the parked params.
-_HOST_ATTRS = frozenset({"trainer", "training", "_parked_params"})
+# construction: the d2l trainer link, d2l's train/eval switch, the parked
+# params and last gradients.
+_HOST_ATTRS = frozenset({"trainer", "training", "_parked_params", "_parked_grads"})
 
 
 class TrainState(train_state.TrainState):
@@ -104,6 +105,32 @@ class Module(ModuleBase, nn.Module):
             return state.params
         return self.__dict__.get("_parked_params")
 
+    def current_grads(self) -> Params | None:
+        """The gradients of the last applied step (the owning trainer's, else parked), or ``None``."""
+        if self._owner_state() is not None:
+            return getattr(self.__dict__["trainer"], "last_grads", None)
+        return self.__dict__.get("_parked_grads")
+
+    def _params_for_predict(self) -> Params:
+        params = self.current_params()
+        if params is None:
+            raise RuntimeError(f"{type(self).__name__} has no parameters yet: fit it or call set_w_b")
+        return params
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The model's output for the NumPy batch ``X``, as NumPy float32 (host in, host out).
+
+        Works with or without a trainer (on a fresh model after ``set_w_b``).
+        ``X`` is placed where the parameters are (device, or replicated over
+        a data-parallel mesh); full float32 matmuls, like the trainer's steps.
+        """
+        params = self._params_for_predict()
+        placement = getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None)
+        X = jax.device_put(np.asarray(X, dtype=np.float32), placement)
+        with jax.default_matmul_precision("highest"):
+            y_hat = self.apply({"params": params}, X)
+        return np.asarray(jax.device_get(y_hat), dtype=np.float32)
+
     def replace_params(self, params: Params) -> None:
         """Make ``params`` the parameters the next training step starts from."""
         trainer = self.__dict__.get("trainer")
@@ -112,8 +139,9 @@ class Module(ModuleBase, nn.Module):
         self._parked_params = params
 
     def park_params(self) -> None:
-        """Copy the live parameters out of the trainer before another trainer takes over."""
+        """Copy the live parameters (and last gradients) out of the trainer before another takes over."""
         self._parked_params = self.current_params()
+        self._parked_grads = self.current_grads()
 
     def initial_params(self, dummy_input: Sequence[Any], key: jax.Array) -> Params:
         """Parameters to start from: the parked ones, else flax ``init`` on a dummy batch."""
@@ -123,9 +151,9 @@ class Module(ModuleBase, nn.Module):
         return params
 
 
-def to_device(params: Params, device: jax.Device) -> Params:
-    """Commit every leaf to ``device`` (one explicit transfer per leaf)."""
-    return jax.device_put(params, device)
+def to_device(params: Params, placement: jax.Device | jax.sharding.Sharding) -> Params:
+    """Commit every leaf to ``placement``: a device, or a sharding (replicated over a mesh)."""
+    return jax.device_put(params, placement)
 
 
 def numpy_leaf(value: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -134,8 +162,8 @@ def numpy_leaf(value: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def like(old: jax.Array | None, value: np.ndarray) -> jax.Array:
-    """``value`` as a JAX array on the same device as ``old`` (host default if none)."""
+    """``value`` as a JAX array placed like ``old`` (same device or sharding; host default if none)."""
     arr = np.asarray(value, dtype=np.float32)
     if old is not None and isinstance(old, jax.Array):
-        return jax.device_put(arr.reshape(old.shape), next(iter(old.devices())))
+        return jax.device_put(arr.reshape(old.shape), old.sharding)
     return jnp.asarray(arr)
