@@ -124,6 +124,7 @@ class _LinearModel(Module):
         super().__init_subclass__(**kwargs)  # flax makes cls a dataclass here
         _accept_loss_keyword(cls)
 
+    @nn.nowrap
     def _check_loss(self) -> dict[str, Any]:
         self.loss_name, self.huber_sigma = check_loss_args(self.loss_name, self.huber_sigma)
         # "loss", not an attribute (it would hide the loss() method), as on every backend
@@ -137,9 +138,11 @@ class _LinearModel(Module):
             return optax.huber_loss(y_hat, y, delta=self.huber_sigma).mean() / self.huber_sigma
         return squared(y_hat - y).mean()
 
+    @nn.nowrap
     def _w_b_of(self, tree: Params) -> tuple[Any, Any]:
         raise NotImplementedError
 
+    @nn.nowrap
     def get_grads(self) -> tuple[np.ndarray, np.ndarray]:
         """The gradients of ``w`` and ``b`` the last applied step used (NumPy float32).
 
@@ -188,18 +191,23 @@ class LinearRegressionScratch(_LinearModel):
         y_hat = state.apply_fn({"params": params}, *X)
         return self._batch_loss(y_hat, y, lambda r: r**2 / 2)
 
+    @nn.nowrap
     def configure_optimizers(self) -> SGD:
         return SGD(self.lr)
 
+    @nn.nowrap
     def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
         check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)
 
+    @nn.nowrap
     def _w_b_of(self, tree: Params) -> tuple[Any, Any]:
         return tree["w"], tree["b"]
 
+    @nn.nowrap
     def _params_for_predict(self) -> Params:
         return self._params_or_init()
 
+    @nn.nowrap
     def _params_or_init(self) -> Params:
         params = self.current_params()
         if params is None:  # before any fit: flax init (the key is ignored by the initializers)
@@ -208,11 +216,13 @@ class LinearRegressionScratch(_LinearModel):
             self._parked_params = params
         return params
 
+    @nn.nowrap
     def get_w_b(self, state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``w`` (num_inputs, 1) and ``b`` (1,) as NumPy float32 (of ``state`` if given)."""
         params = self._params_or_init() if state is None else state.params
         return numpy_leaf(params["w"], (-1, 1)), numpy_leaf(params["b"], (1,))
 
+    @nn.nowrap
     def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
         params = self._params_or_init()
         self.replace_params({**params, "w": like(params["w"], np.reshape(w, (-1, 1))),
@@ -255,21 +265,26 @@ class LinearRegression(_LinearModel):
         y_hat = state.apply_fn({"params": params}, *X)
         return self._batch_loss(y_hat, y, optax.squared_error)
 
+    @nn.nowrap
     def configure_optimizers(self) -> optax.GradientTransformation:
         return optax.sgd(self.lr)
 
     @property
+    @nn.nowrap
     def num_inputs(self) -> int | None:
         """The layer's width, ``None`` until ``init`` has seen data (a lazy layer)."""
         params = self.current_params()
         return None if params is None else int(params["net"]["kernel"].shape[0])
 
+    @nn.nowrap
     def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
         check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)
 
+    @nn.nowrap
     def _w_b_of(self, tree: Params) -> tuple[Any, Any]:
         return tree["net"]["kernel"], tree["net"]["bias"]
 
+    @nn.nowrap
     def get_w_b(self, state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``w`` (num_inputs, 1) and ``b`` (1,) as NumPy (d2l 3.5 passes ``state``)."""
         params = self.current_params() if state is None else state.params
@@ -278,6 +293,7 @@ class LinearRegression(_LinearModel):
         net = params["net"]
         return numpy_leaf(net["kernel"], (-1, 1)), numpy_leaf(net["bias"], (1,))
 
+    @nn.nowrap
     def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
         """Set the layer's weights; on a fresh model this also fixes its width."""
         params = self.current_params()

@@ -42,15 +42,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from d2lx.backends.jax.module import Module, Params, TrainState, to_device
+from d2lx.backends.jax.module import (
+    ByIdentity,
+    Module,
+    Params,
+    TrainState,
+    bounded_cache,
+    detached,
+    module_key,
+)
 from d2lx.backends.jax.ops import JaxOps
 from d2lx.data import ArrayLoader, DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
@@ -76,38 +85,28 @@ class Carry(NamedTuple):
     pytree's structure, and a fresh ``model.apply`` or ``optax.sgd(lr)``
     object per fit would make every fit's carry a new structure, i.e. a new
     trace. The compiled functions take them from the :class:`StepSpec`.
+
+    The step writes its loss into ``losses`` rather than returning it, so an
+    epoch ends with one array to read back (see :func:`finish`), whatever
+    ``steps_per_execution`` is.
     """
 
     state: TrainState
     grads: Params  # the gradients of the last applied step (what get_grads() returns)
     diverged: jax.Array  # bool: a step in this epoch had a non-finite loss
-    bad_step: jax.Array  # int32: global index of the first such step (-1: none)
-    step: jax.Array  # int32: global index of the next step
-    pos: jax.Array  # int32: next batch in this epoch's stack of full batches
-
-
-class ByIdentity:
-    """A hashable stand-in that compares equal only to a stand-in for the same object."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ByIdentity) and other.obj is self.obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
+    bad_step: jax.Array  # int32: index in this epoch of the first such step (-1: none)
+    pos: jax.Array  # int32: steps done in this epoch (= the next batch of the stack)
+    losses: jax.Array  # float32[steps in the epoch]: each step's loss, at its index
 
 
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
     """Everything the compiled functions close over; equal specs share compiled code.
 
-    ``model`` is a clone of the trained module (flax modules compare and hash
-    by their fields; the clone carries no trainer link or parked arrays, so
-    the cache does not keep a trainer alive). ``tx_key`` says where the
+    ``model_key`` identifies the module (flax modules compare and hash by
+    their fields, see :func:`~d2lx.backends.jax.module.module_key`); the
+    cache stores a spec whose ``model`` is a detached clone, so it keeps no
+    trainer alive. ``tx_key`` says where the
     optimizer came from: ``"configure_optimizers"`` when ``fit`` took it from
     the model (then equal models give equal optimizers, which is how d2l's
     ``configure_optimizers`` is written), else the optimizer object itself.
@@ -117,7 +116,8 @@ class StepSpec:
     number, so its hooks are traced anew per ``fit``, as user code may expect.
     """
 
-    model: Module
+    model: Module = dataclasses.field(compare=False)
+    model_key: Any
     tx: Any = dataclasses.field(compare=False)
     tx_key: Any
     hooks: Any = dataclasses.field(compare=False)
@@ -157,7 +157,7 @@ def clip_by_global_norm(grad_clip_val: float, grads: Params) -> Params:
     return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads)
 
 
-def train_step(spec: StepSpec, carry: Carry, batch: tuple[jax.Array, ...]) -> tuple[Carry, jax.Array]:
+def train_step(spec: StepSpec, carry: Carry, batch: tuple[jax.Array, ...]) -> Carry:
     """One optimizer step as a pure function of the carry and one batch."""
     state = _bind_state(spec, carry.state)
     batch = _shard_batch(spec, tuple(batch))
@@ -183,28 +183,24 @@ def train_step(spec: StepSpec, carry: Carry, batch: tuple[jax.Array, ...]) -> tu
         state=new_state,
         grads=grads,
         diverged=carry.diverged | ~ok,
-        bad_step=jnp.where(first_bad, carry.step, carry.bad_step),
-        step=carry.step + 1,
-        pos=carry.pos,
-    ), loss
+        bad_step=jnp.where(first_bad, carry.pos, carry.bad_step),
+        pos=carry.pos + 1,
+        losses=carry.losses.at[carry.pos].set(jnp.asarray(loss, carry.losses.dtype)),
+    )
 
 
-def run_chunk(spec: StepSpec, carry: Carry, stacks: tuple[jax.Array, ...], k: int
-              ) -> tuple[Carry, jax.Array]:
+def run_chunk(spec: StepSpec, carry: Carry, stacks: tuple[jax.Array, ...], k: int) -> Carry:
     """``k`` steps on the batches ``stacks[pos:pos + k]`` (``lax.scan`` if ``k > 1``)."""
     chunk = tuple(jax.lax.dynamic_slice_in_dim(s, carry.pos, k, axis=0) for s in stacks)
     if k == 1:
-        carry, loss = train_step(spec, carry, tuple(c[0] for c in chunk))
-        losses = loss.reshape(1)
-    else:
-        carry, losses = jax.lax.scan(functools.partial(train_step, spec), carry, chunk)
-    return carry._replace(pos=carry.pos + k), losses
+        return train_step(spec, carry, tuple(c[0] for c in chunk))
+    carry, _ = jax.lax.scan(lambda c, batch: (train_step(spec, c, batch), None), carry, chunk)
+    return carry
 
 
-def tail_step(spec: StepSpec, carry: Carry, batch: tuple[jax.Array, ...]) -> tuple[Carry, jax.Array]:
+def tail_step(spec: StepSpec, carry: Carry, batch: tuple[jax.Array, ...]) -> Carry:
     """The epoch's last, shorter batch (its own shape, so its own compiled variant)."""
-    carry, loss = train_step(spec, carry, batch)
-    return carry, loss.reshape(1)
+    return train_step(spec, carry, batch)
 
 
 def evaluate(spec: StepSpec, state: TrainState, stacks: tuple[jax.Array, ...],
@@ -230,28 +226,90 @@ def evaluate(spec: StepSpec, state: TrainState, stacks: tuple[jax.Array, ...],
     return total / count
 
 
+def finish(spec: StepSpec, carry: Carry, val: tuple[Any, Any] | None) -> jax.Array:
+    """The epoch's record, one float32 vector: per-step losses, diverged, bad step, val loss.
+
+    One array, so the host reads an epoch's results with a single
+    ``jax.device_get`` (a tuple of arrays costs a transfer each). The bad
+    step index is exact in float32 (it is below 2**24 steps per epoch).
+    """
+    val_loss = jnp.float32(jnp.nan) if val is None else evaluate(spec, carry.state, *val)
+    flags = jnp.stack([carry.diverged.astype(jnp.float32), carry.bad_step.astype(jnp.float32),
+                       jnp.asarray(val_loss, jnp.float32)])
+    return jnp.concatenate([carry.losses.astype(jnp.float32), flags])
+
+
+def _batch_split(tensors: Sequence[jax.Array], order: jax.Array | None, batch_size: int
+                 ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """Reorder ``tensors``, cut them into ``(full batches stacked, tail batch)``, fresh flags.
+
+    The flags (not diverged, no bad step, position 0, zero losses) are made
+    here rather than sent from the host: a compiled constant costs nothing,
+    a ``device_put`` per epoch would cost a transfer.
+    """
+    n = tensors[0].shape[0]
+    full = n // batch_size
+    stacks, tails = [], []
+    for t in tensors:
+        if order is not None:
+            t = jnp.take(t, order, axis=0)
+        stacks.append(t[: full * batch_size].reshape((full, batch_size, *t.shape[1:])))
+        tails.append(t[full * batch_size :])
+    steps = full + (1 if n % batch_size else 0)
+    fresh = (jnp.bool_(False), jnp.int32(-1), jnp.int32(0), jnp.zeros((steps,), jnp.float32))
+    return tuple(stacks), tuple(tails), fresh
+
+
+def run_epoch(spec: StepSpec, state: TrainState, grads: Params, tensors: tuple[jax.Array, ...],
+              order: jax.Array | None, batch_size: int, val: tuple[Any, Any] | None
+              ) -> tuple[TrainState, Params, jax.Array]:
+    """A whole epoch in one call: gather, every step (``lax.scan``), the tail, validation.
+
+    Used when ``steps_per_execution`` covers the epoch: one dispatch per
+    epoch instead of one per chunk plus the gather and the validation.
+    """
+    stacks, tail, fresh = _batch_split(tensors, order, batch_size)
+    carry = Carry(state, grads, *fresh)
+    if stacks[0].shape[0]:
+        carry = run_chunk(spec, carry, stacks, stacks[0].shape[0])
+    if tail[0].shape[0]:
+        carry = tail_step(spec, carry, tail)
+    return carry.state, carry.grads, finish(spec, carry, val)
+
+
 class Programs(NamedTuple):
     """The jitted functions of one :class:`StepSpec`."""
 
-    chunk: Callable[..., tuple[Carry, jax.Array]]
-    tail: Callable[..., tuple[Carry, jax.Array]]
-    evaluate: Callable[..., jax.Array]
+    chunk: Callable[..., Carry]
+    tail: Callable[..., Carry]
+    finish: Callable[..., jax.Array]
+    epoch: Callable[..., tuple[TrainState, Params, jax.Array]]
 
 
-@functools.lru_cache(maxsize=64)
+_PROGRAMS: OrderedDict[StepSpec, Programs] = OrderedDict()
+
+
 def compiled(spec: StepSpec) -> Programs:
     """The jitted functions for ``spec``, made once per distinct spec in this process.
 
-    Each is a ``jax.jit`` of a pure function with ``spec`` bound, so the
+    Each is a ``jax.jit`` of a pure function with the spec bound, so the
     per-step call hashes no static arguments (only the chunk length ``k``);
     jax keeps the compiled executables with the jitted function, which this
-    cache keeps alive across fits and trainers. Bounded, so a sweep over
-    many model settings does not grow it without limit.
+    bounded cache keeps alive across fits and trainers.
     """
-    return Programs(
-        chunk=jax.jit(functools.partial(run_chunk, spec), static_argnums=2),
-        tail=jax.jit(functools.partial(tail_step, spec)),
-        evaluate=jax.jit(functools.partial(evaluate, spec)),
+    return bounded_cache(_PROGRAMS, spec, lambda: _build_programs(spec))
+
+
+def _build_programs(spec: StepSpec) -> tuple[StepSpec, Programs]:
+    clone = detached(spec.model)
+    stored = dataclasses.replace(
+        spec, model=clone, model_key=clone if spec.model_key is spec.model else spec.model_key
+    )
+    return stored, Programs(
+        chunk=jax.jit(functools.partial(run_chunk, stored), static_argnums=2),
+        tail=jax.jit(functools.partial(tail_step, stored)),
+        finish=jax.jit(functools.partial(finish, stored)),
+        epoch=jax.jit(functools.partial(run_epoch, stored), static_argnums=4),
     )
 
 
@@ -263,23 +321,10 @@ def gpu_devices() -> list[jax.Device]:
         return []
 
 
-def _batch_split(tensors: Sequence[jax.Array], order: jax.Array | None, batch_size: int
-                 ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
-    """Reorder ``tensors`` and cut them into ``(full batches stacked, tail batch)``."""
-    n = tensors[0].shape[0]
-    full = n // batch_size
-    stacks, tails = [], []
-    for t in tensors:
-        if order is not None:
-            t = jnp.take(t, order, axis=0)
-        stacks.append(t[: full * batch_size].reshape((full, batch_size, *t.shape[1:])))
-        tails.append(t[full * batch_size :])
-    return tuple(stacks), tuple(tails)
-
-
 # Model-independent, so one jitted function for the whole process: a later fit
 # on data of the same shapes reuses its compiled code.
 _split = jax.jit(_batch_split, static_argnums=2)
+_zeros_like = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree))
 
 
 class Trainer(TrainerBase):
@@ -374,7 +419,9 @@ class Trainer(TrainerBase):
         return JaxOps(self._placement)
 
     def _losses_to_host(self, values: list[Any]) -> np.ndarray:
-        host = jax.device_get(values)  # one call for the whole epoch
+        # The compiled epoch records NumPy already (read once by fit_epoch); an
+        # eager d2l-style fit_epoch records device scalars: one call for all.
+        host = values if all(isinstance(v, np.ndarray) for v in values) else jax.device_get(values)
         return np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in host])
 
     def _is_finite(self, loss: Any) -> bool:
@@ -417,10 +464,13 @@ class Trainer(TrainerBase):
         model = self.model
         params = model.current_params()
         assert params is not None, "_place_model runs before the optimizer is installed"
-        key = self._key if self._key is not None else _default_key(model)
-        self.state = jax.device_put(TrainState.create(
-            apply_fn=model.apply, params=params, tx=tx, batch_stats={},
-            dropout_rng=jax.random.split(key)[1],
+        key = self._key if self._key is not None else _default_key(model, self._placement)
+        _, dropout_rng, step = _run_keys(key, self._placement)
+        # TrainState.create would make step a Python int (a transfer per use); the
+        # cached keys and step are already placed, so place() moves nothing here.
+        self.state = place(TrainState(
+            step=step, apply_fn=model.apply, params=params, tx=tx, opt_state=tx.init(params),
+            batch_stats={}, dropout_rng=dropout_rng,
         ), self._placement)
         self._tx_key = "configure_optimizers" if configured else ByIdentity(tx)
         self._programs = self._spec = None  # a new run: look up (or build) its compiled functions
@@ -441,12 +491,12 @@ class Trainer(TrainerBase):
         super().prepare_model(model)
 
     def _place_model(self, model: Any, num_inputs: int) -> None:
-        key = self._key if self._key is not None else _default_key(model)
+        key = self._key if self._key is not None else _default_key(model, self._placement)
         self._key = key
-        params_key, _ = jax.random.split(key)
-        dummy = tuple(jax.lax.slice_in_dim(t, 0, 1) for t in self.train_dataloader.tensors[:-1])
+        params_key, _, _ = _run_keys(key, self._placement)
+        dummy = _first_rows(tuple(self.train_dataloader.tensors[:-1]))
         params = model.initial_params(dummy, params_key)
-        model._parked_params = to_device(params, self._placement)
+        model._parked_params = place(params, self._placement)
 
     def fit(self, model: Any, data: DataModule, ckpt_path: Any = None,
             key: jax.Array | None = None) -> History:
@@ -484,7 +534,8 @@ class Trainer(TrainerBase):
             own_hooks = (type(self).prepare_batch is not TrainerBase.prepare_batch
                          or type(self).clip_gradients is not Trainer.clip_gradients)
             self._spec = StepSpec(
-                model=self.model.clone(parent=None),
+                model=self.model,
+                model_key=module_key(self.model),
                 tx=self.state.tx,
                 tx_key=self._tx_key,
                 hooks=self if own_hooks else None,
@@ -501,67 +552,140 @@ class Trainer(TrainerBase):
             self._programs = compiled(self.step_spec())
         return self._programs
 
+    def _grads_or_zeros(self) -> Params:
+        assert self.state is not None
+        if self.last_grads is not None:
+            return self.last_grads
+        return _zeros_like(self.state.params)  # before any step: zeros placed like the parameters
+
     def initial_carry(self) -> Carry:
         """The carry an epoch starts from: the train state, last gradients, fresh flags."""
         assert self.state is not None, "fit() creates the train state first"
-        grads = self.last_grads
-        if grads is None:  # before any step: zeros placed like the parameters
-            grads = jax.tree_util.tree_map(jnp.zeros_like, self.state.params)
-        flags = jax.device_put((np.bool_(False), np.int32(-1), np.int32(self.train_batch_idx),
-                                np.int32(0)), self._placement)  # one explicit transfer
-        return Carry(strip_state(self.state), grads, *flags)
+        loader = self.train_dataloader
+        _, _, fresh = _split(loader.tensors, None, loader.batch_size)
+        return Carry(strip_state(self.state), self._grads_or_zeros(), *fresh)
 
-    def _train_step(self, carry: Carry, batch: tuple[jax.Array, ...]) -> tuple[Carry, jax.Array]:
+    def _train_step(self, carry: Carry, batch: tuple[jax.Array, ...]) -> Carry:
         """One step of this run, uncompiled (for inspection, e.g. ``jax.make_jaxpr``)."""
         return train_step(self.step_spec(), carry, batch)
 
+    def _val_batches(self) -> tuple[Any, Any] | None:
+        """The validation data cut into batches, once per fit (it is not shuffled)."""
+        val = self.val_dataloader
+        if val is None:
+            return None
+        if self._val_split is None:
+            stacks, tail, _ = _split(val.tensors, None, val.batch_size)
+            self._val_split = (stacks, tail)
+        return self._val_split
+
     # -- d2l's fit_epoch ----------------------------------------------------------------
     def fit_epoch(self) -> None:
-        """One epoch: compiled training chunks, one divergence check, compiled validation."""
+        """One epoch: compiled steps, then a single read of its losses, divergence flag, val loss.
+
+        When ``steps_per_execution`` covers the epoch, the gather, every step
+        and the validation are one compiled call; otherwise the gather, the
+        chunks of ``steps_per_execution`` steps, the tail batch and a
+        ``finish`` call (validation + packing) are separate calls. Either way
+        the host transfers the shuffle order in and one vector out.
+        """
         assert self.state is not None, "fit() creates the train state before the first epoch"
         fns = self._fns()
         self.model.training = True
         loader: ArrayLoader = self.train_dataloader
         order = loader.epoch_order()  # consumes the shuffle stream exactly like iteration
         order_dev = None if order is None else self._array_ops().indices(order)
-        stacks, tail = _split(loader.tensors, order_dev, loader.batch_size)
+        steps = len(loader)
+        val = self._val_batches()
         had_grads = self.last_grads is not None
-        carry = self.initial_carry()
-        full, done = stacks[0].shape[0], 0
-        while done < full:
-            k = min(self.steps_per_execution, full - done)
-            carry, losses = fns.chunk(carry, stacks, k)
-            self._train_meter.add(losses, k)
-            done += k
-        if tail[0].shape[0]:
-            carry, losses = fns.tail(carry, tail)
-            self._train_meter.add(losses, 1)
-        self.state = carry.state.replace(apply_fn=self.state.apply_fn, tx=self.state.tx)
-        diverged, bad_step = jax.device_get((carry.diverged, carry.bad_step))  # the epoch's one check
-        if not (diverged and bad_step == self.train_batch_idx and not had_grads):
-            self.last_grads = carry.grads  # else no step has been applied yet: no gradients
+        if self.steps_per_execution >= steps:
+            state, grads, record = fns.epoch(strip_state(self.state), self._grads_or_zeros(),
+                                             tuple(loader.tensors), order_dev, loader.batch_size, val)
+        else:
+            stacks, tail, fresh = _split(loader.tensors, order_dev, loader.batch_size)
+            carry = Carry(strip_state(self.state), self._grads_or_zeros(), *fresh)
+            full, done = stacks[0].shape[0], 0
+            while done < full:
+                k = min(self.steps_per_execution, full - done)
+                carry = fns.chunk(carry, stacks, k)
+                done += k
+            if tail[0].shape[0]:
+                carry = fns.tail(carry, tail)
+            state, grads, record = carry.state, carry.grads, fns.finish(carry, val)
+        self.state = state.replace(apply_fn=self.state.apply_fn, tx=self.state.tx)
+        host = np.asarray(jax.device_get(record))  # the epoch's one device-to-host transfer
+        losses, diverged, bad_step = host[:steps], host[steps] > 0, int(host[steps + 1])
+        if not (diverged and bad_step == 0 and not had_grads):
+            self.last_grads = grads  # else no step has been applied yet: no gradients
         if diverged:
-            self.train_batch_idx = int(bad_step)
-            self.raise_divergence(self.epoch, int(bad_step))
-        self.train_batch_idx += len(loader)
+            self.train_batch_idx += bad_step
+            self.raise_divergence(self.epoch, self.train_batch_idx)
+        self._train_meter.add(losses, steps)
+        self.train_batch_idx += steps
 
-        if self.val_dataloader is None:
+        if val is None:
             return
         self.model.training = False
-        val = self.val_dataloader
-        if self._val_split is None:  # validation data is not shuffled: cut it once per fit
-            self._val_split = _split(val.tensors, None, val.batch_size)
-        loss = fns.evaluate(strip_state(self.state), *self._val_split)
-        self._val_meter.add(loss, val.num_examples)
-        self.val_batch_idx += len(val)
+        self._val_meter.add(host[steps + 2 :], self.val_dataloader.num_examples)
+        self.val_batch_idx += len(self.val_dataloader)
 
 
-def _default_key(model: Any) -> jax.Array:
-    """A PRNG key from the model's seed (else d2lx's global seed), for reproducible runs."""
+_KEYS: OrderedDict[Hashable, tuple[jax.Array, jax.Array, jax.Array]] = OrderedDict()
+
+
+def _run_keys(key: jax.Array, placement: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(params_key, dropout_rng, zero step)`` of a run from its key, placed; cached per seed.
+
+    Eager ``jax.random.split`` and a ``device_put`` per fit cost more than a
+    compiled epoch of the seed workload; keys are immutable arrays, so runs
+    from the same seed can share them.
+    """
+    cache_key = (ByIdentity(key), placement)
+    hit = _KEYS.get(cache_key)
+    if hit is None:
+        params_key, dropout_rng = jax.random.split(key)
+        step = jax.device_put(np.int32(0), placement)
+        hit = _KEYS[cache_key] = place((params_key, dropout_rng, step), placement)
+        while len(_KEYS) > 256:
+            _KEYS.popitem(last=False)
+    return hit
+
+
+_first_rows = jax.jit(lambda tensors: tuple(t[:1] for t in tensors))  # init's dummy batch, one call
+
+
+def place(tree: Any, placement: Any) -> Any:
+    """``tree`` with every array on ``placement``, moving only the leaves that are not there."""
+    target = placement if isinstance(placement, jax.sharding.Sharding) else SingleDeviceSharding(placement)
+
+    def move(leaf: Any) -> Any:
+        if (isinstance(leaf, jax.Array) and leaf.committed
+                and leaf.sharding.is_equivalent_to(target, leaf.ndim)):
+            return leaf
+        return jax.device_put(leaf, target)
+
+    return jax.tree_util.tree_map(move, tree)
+
+
+_SEED_KEYS: OrderedDict[Hashable, jax.Array] = OrderedDict()
+
+
+def _default_key(model: Any, placement: Any) -> jax.Array:
+    """A PRNG key from the model's seed (else d2lx's global seed), for reproducible runs.
+
+    Cached per seed and placement (the same key object), so :func:`_run_keys`
+    finds its split keys cached too.
+    """
     seed = getattr(model, "seed", None)
     seed = resolve_seed(seed if isinstance(seed, int) else None)
-    # device_put: an explicit transfer (jax.random.key(int) would be an implicit one)
-    return jax.random.key(jax.device_put(np.uint32(0 if seed is None else seed % (2**32))))
+    seed = 0 if seed is None else seed % (2**32)
+    hit = _SEED_KEYS.get((seed, placement))
+    if hit is None:
+        # device_put: an explicit transfer (jax.random.key(int) would be an implicit one)
+        hit = _SEED_KEYS[(seed, placement)] = jax.random.key(jax.device_put(np.uint32(seed), placement))
+        while len(_SEED_KEYS) > 256:
+            _SEED_KEYS.popitem(last=False)
+    return hit
 
 
 def _check_key(key: Any) -> jax.Array | None:
