@@ -48,10 +48,11 @@ SCRIPT = textwrap.dedent('''
             trainer.fit(net, data)
             w, b = net.get_w_b()
             gw, gb = net.get_grads()
-            leaf = trainer.state.params[next(iter(trainer.state.params))]
+            leaf = jax.tree_util.tree_leaves(trainer.state.params)[0]
             loader = trainer.train_dataloader
-            stacks, tail = _split(loader.tensors, None, loader.batch_size)
-            hlo = trainer._fns().chunk.lower(trainer.initial_carry(), stacks, 1).compile().as_text()
+            stacks, _, _ = _split(loader.tensors, None, loader.batch_size)
+            hlo = trainer._fns().chunk.lower(trainer.initial_carry(), trainer.state.dropout_rng,
+                                             stacks, 1).compile().as_text()
             path = sys.argv[1] + f"/{model}-{devices}.npz"
             trainer.save_checkpoint(path)
             resumed = d2l.Trainer(max_epochs=3, devices=devices, progress=False)

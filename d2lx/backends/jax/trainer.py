@@ -77,21 +77,34 @@ MATMUL_PRECISIONS = ("highest", "high", "default", "float32", "tensorfloat32", "
 DATA_AXIS = "data"  #: the mesh axis the batch is sharded along under data parallelism
 
 
+class ArrayState(NamedTuple):
+    """The array fields of a :class:`TrainState`: what changes from step to step.
+
+    A compiled call's carry holds these instead of the ``TrainState``
+    itself: ``apply_fn`` and ``tx`` are static fields of its pytree (a fresh
+    ``model.apply`` or ``optax.sgd(lr)`` object per fit would be a new
+    structure, i.e. a new trace), the dropout key never changes within a
+    step, and a flax dataclass is rebuilt in Python on every call's output,
+    which costs a sizeable part of the seed workload's step. The compiled
+    functions rebuild the ``TrainState`` the model sees inside the trace
+    (:func:`_bind_state`), with ``apply_fn``/``tx`` from the :class:`StepSpec`.
+    """
+
+    step: jax.Array
+    params: Params
+    opt_state: Any
+    batch_stats: Any
+
+
 class Carry(NamedTuple):
     """What a compiled training call threads from step to step (all on the device).
-
-    ``state`` is the train state with its two static fields, ``apply_fn``
-    and ``tx``, set to ``None`` (see :func:`strip_state`): they are part of a
-    pytree's structure, and a fresh ``model.apply`` or ``optax.sgd(lr)``
-    object per fit would make every fit's carry a new structure, i.e. a new
-    trace. The compiled functions take them from the :class:`StepSpec`.
 
     The step writes its loss into ``losses`` rather than returning it, so an
     epoch ends with one array to read back (see :func:`finish`), whatever
     ``steps_per_execution`` is.
     """
 
-    state: TrainState
+    state: ArrayState
     grads: Params  # the gradients of the last applied step (what get_grads() returns)
     diverged: jax.Array  # bool: a step in this epoch had a non-finite loss
     bad_step: jax.Array  # int32: index in this epoch of the first such step (-1: none)
@@ -128,13 +141,20 @@ class StepSpec:
     mesh: Mesh | None
 
 
-def strip_state(state: TrainState) -> TrainState:
-    """``state`` without its static fields (``apply_fn``, ``tx``): only arrays remain."""
-    return state.replace(apply_fn=None, tx=None)
+def strip_state(state: TrainState) -> ArrayState:
+    """The arrays of ``state`` that compiled steps carry (see :class:`ArrayState`)."""
+    return ArrayState(state.step, state.params, state.opt_state, state.batch_stats)
 
 
-def _bind_state(spec: StepSpec, state: TrainState) -> TrainState:
-    return state.replace(apply_fn=spec.model.apply, tx=spec.tx)
+def restore_state(state: TrainState, arrays: ArrayState) -> TrainState:
+    """``state`` with the arrays a compiled call returned."""
+    return state.replace(step=arrays.step, params=arrays.params, opt_state=arrays.opt_state,
+                         batch_stats=arrays.batch_stats)
+
+
+def _bind_state(spec: StepSpec, arrays: ArrayState, rng: jax.Array) -> TrainState:
+    return TrainState(step=arrays.step, apply_fn=spec.model.apply, params=arrays.params, tx=spec.tx,
+                      opt_state=arrays.opt_state, batch_stats=arrays.batch_stats, dropout_rng=rng)
 
 
 def _shard_batch(spec: StepSpec, batch: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
@@ -157,9 +177,9 @@ def clip_by_global_norm(grad_clip_val: float, grads: Params) -> Params:
     return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads)
 
 
-def train_step(spec: StepSpec, carry: Carry, batch: tuple[jax.Array, ...]) -> Carry:
-    """One optimizer step as a pure function of the carry and one batch."""
-    state = _bind_state(spec, carry.state)
+def train_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: tuple[jax.Array, ...]) -> Carry:
+    """One optimizer step as a pure function of the carry and one batch (``rng``: the dropout key)."""
+    state = _bind_state(spec, carry.state, rng)
     batch = _shard_batch(spec, tuple(batch))
     if spec.hooks is not None:
         batch = spec.hooks.prepare_batch(batch)
@@ -189,24 +209,25 @@ def train_step(spec: StepSpec, carry: Carry, batch: tuple[jax.Array, ...]) -> Ca
     )
 
 
-def run_chunk(spec: StepSpec, carry: Carry, stacks: tuple[jax.Array, ...], k: int) -> Carry:
+def run_chunk(spec: StepSpec, carry: Carry, rng: jax.Array, stacks: tuple[jax.Array, ...], k: int
+              ) -> Carry:
     """``k`` steps on the batches ``stacks[pos:pos + k]`` (``lax.scan`` if ``k > 1``)."""
     chunk = tuple(jax.lax.dynamic_slice_in_dim(s, carry.pos, k, axis=0) for s in stacks)
     if k == 1:
-        return train_step(spec, carry, tuple(c[0] for c in chunk))
-    carry, _ = jax.lax.scan(lambda c, batch: (train_step(spec, c, batch), None), carry, chunk)
+        return train_step(spec, carry, rng, tuple(c[0] for c in chunk))
+    carry, _ = jax.lax.scan(lambda c, batch: (train_step(spec, c, rng, batch), None), carry, chunk)
     return carry
 
 
-def tail_step(spec: StepSpec, carry: Carry, batch: tuple[jax.Array, ...]) -> Carry:
+def tail_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: tuple[jax.Array, ...]) -> Carry:
     """The epoch's last, shorter batch (its own shape, so its own compiled variant)."""
-    return train_step(spec, carry, batch)
+    return train_step(spec, carry, rng, batch)
 
 
-def evaluate(spec: StepSpec, state: TrainState, stacks: tuple[jax.Array, ...],
+def evaluate(spec: StepSpec, state: ArrayState, rng: jax.Array, stacks: tuple[jax.Array, ...],
              tail: tuple[jax.Array, ...]) -> jax.Array:
     """Example-weighted mean validation loss over all batches, in one call."""
-    bound = _bind_state(spec, state)
+    bound = _bind_state(spec, state, rng)
 
     def batch_loss(batch: tuple[jax.Array, ...]) -> jax.Array:
         batch = _shard_batch(spec, tuple(batch))
@@ -226,14 +247,14 @@ def evaluate(spec: StepSpec, state: TrainState, stacks: tuple[jax.Array, ...],
     return total / count
 
 
-def finish(spec: StepSpec, carry: Carry, val: tuple[Any, Any] | None) -> jax.Array:
+def finish(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[Any, Any] | None) -> jax.Array:
     """The epoch's record, one float32 vector: per-step losses, diverged, bad step, val loss.
 
     One array, so the host reads an epoch's results with a single
     ``jax.device_get`` (a tuple of arrays costs a transfer each). The bad
     step index is exact in float32 (it is below 2**24 steps per epoch).
     """
-    val_loss = jnp.float32(jnp.nan) if val is None else evaluate(spec, carry.state, *val)
+    val_loss = jnp.float32(jnp.nan) if val is None else evaluate(spec, carry.state, rng, *val)
     flags = jnp.stack([carry.diverged.astype(jnp.float32), carry.bad_step.astype(jnp.float32),
                        jnp.asarray(val_loss, jnp.float32)])
     return jnp.concatenate([carry.losses.astype(jnp.float32), flags])
@@ -260,9 +281,9 @@ def _batch_split(tensors: Sequence[jax.Array], order: jax.Array | None, batch_si
     return tuple(stacks), tuple(tails), fresh
 
 
-def run_epoch(spec: StepSpec, state: TrainState, grads: Params, tensors: tuple[jax.Array, ...],
-              order: jax.Array | None, batch_size: int, val: tuple[Any, Any] | None
-              ) -> tuple[TrainState, Params, jax.Array]:
+def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
+              tensors: tuple[jax.Array, ...], order: jax.Array | None, batch_size: int,
+              val: tuple[Any, Any] | None) -> tuple[ArrayState, Params, jax.Array]:
     """A whole epoch in one call: gather, every step (``lax.scan``), the tail, validation.
 
     Used when ``steps_per_execution`` covers the epoch: one dispatch per
@@ -271,10 +292,10 @@ def run_epoch(spec: StepSpec, state: TrainState, grads: Params, tensors: tuple[j
     stacks, tail, fresh = _batch_split(tensors, order, batch_size)
     carry = Carry(state, grads, *fresh)
     if stacks[0].shape[0]:
-        carry = run_chunk(spec, carry, stacks, stacks[0].shape[0])
+        carry = run_chunk(spec, carry, rng, stacks, stacks[0].shape[0])
     if tail[0].shape[0]:
-        carry = tail_step(spec, carry, tail)
-    return carry.state, carry.grads, finish(spec, carry, val)
+        carry = tail_step(spec, carry, rng, tail)
+    return carry.state, carry.grads, finish(spec, carry, rng, val)
 
 
 class Programs(NamedTuple):
@@ -283,7 +304,7 @@ class Programs(NamedTuple):
     chunk: Callable[..., Carry]
     tail: Callable[..., Carry]
     finish: Callable[..., jax.Array]
-    epoch: Callable[..., tuple[TrainState, Params, jax.Array]]
+    epoch: Callable[..., tuple[ArrayState, Params, jax.Array]]
 
 
 _PROGRAMS: OrderedDict[StepSpec, Programs] = OrderedDict()
@@ -306,10 +327,10 @@ def _build_programs(spec: StepSpec) -> tuple[StepSpec, Programs]:
         spec, model=clone, model_key=clone if spec.model_key is spec.model else spec.model_key
     )
     return stored, Programs(
-        chunk=jax.jit(functools.partial(run_chunk, stored), static_argnums=2),
+        chunk=jax.jit(functools.partial(run_chunk, stored), static_argnums=3),
         tail=jax.jit(functools.partial(tail_step, stored)),
         finish=jax.jit(functools.partial(finish, stored)),
-        epoch=jax.jit(functools.partial(run_epoch, stored), static_argnums=4),
+        epoch=jax.jit(functools.partial(run_epoch, stored), static_argnums=5),
     )
 
 
@@ -567,7 +588,8 @@ class Trainer(TrainerBase):
 
     def _train_step(self, carry: Carry, batch: tuple[jax.Array, ...]) -> Carry:
         """One step of this run, uncompiled (for inspection, e.g. ``jax.make_jaxpr``)."""
-        return train_step(self.step_spec(), carry, batch)
+        assert self.state is not None
+        return train_step(self.step_spec(), carry, self.state.dropout_rng, batch)
 
     def _val_batches(self) -> tuple[Any, Any] | None:
         """The validation data cut into batches, once per fit (it is not shuffled)."""
@@ -598,8 +620,9 @@ class Trainer(TrainerBase):
         steps = len(loader)
         val = self._val_batches()
         had_grads = self.last_grads is not None
+        rng = self.state.dropout_rng
         if self.steps_per_execution >= steps:
-            state, grads, record = fns.epoch(strip_state(self.state), self._grads_or_zeros(),
+            state, grads, record = fns.epoch(strip_state(self.state), self._grads_or_zeros(), rng,
                                              tuple(loader.tensors), order_dev, loader.batch_size, val)
         else:
             stacks, tail, fresh = _split(loader.tensors, order_dev, loader.batch_size)
@@ -607,12 +630,12 @@ class Trainer(TrainerBase):
             full, done = stacks[0].shape[0], 0
             while done < full:
                 k = min(self.steps_per_execution, full - done)
-                carry = fns.chunk(carry, stacks, k)
+                carry = fns.chunk(carry, rng, stacks, k)
                 done += k
             if tail[0].shape[0]:
-                carry = fns.tail(carry, tail)
-            state, grads, record = carry.state, carry.grads, fns.finish(carry, val)
-        self.state = state.replace(apply_fn=self.state.apply_fn, tx=self.state.tx)
+                carry = fns.tail(carry, rng, tail)
+            state, grads, record = carry.state, carry.grads, fns.finish(carry, rng, val)
+        self.state = restore_state(self.state, state)
         host = np.asarray(jax.device_get(record))  # the epoch's one device-to-host transfer
         losses, diverged, bad_step = host[:steps], host[steps] > 0, int(host[steps + 1])
         if not (diverged and bad_step == 0 and not had_grads):
@@ -659,8 +682,8 @@ def place(tree: Any, placement: Any) -> Any:
     target = placement if isinstance(placement, jax.sharding.Sharding) else SingleDeviceSharding(placement)
 
     def move(leaf: Any) -> Any:
-        if (isinstance(leaf, jax.Array) and leaf.committed
-                and leaf.sharding.is_equivalent_to(target, leaf.ndim)):
+        # (jit outputs of constants may be uncommitted, yet already where they belong)
+        if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(target, leaf.ndim):
             return leaf
         return jax.device_put(leaf, target)
 
