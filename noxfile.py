@@ -1,6 +1,6 @@
 """nox sessions: the test suite once per backend, each in its own environment.
 
-    nox                           # tests on every backend + lint + typecheck
+    nox                           # tests on every backend, crosscheck, lint, typecheck, docs
     nox -s "tests(backend='jax')" # one backend
     nox -s lint typecheck         # static checks
     nox -s demo                   # `d2lx fit` on every backend, both models
@@ -28,7 +28,7 @@ BACKENDS = sorted(
 # download cache; the tool-only sessions use uv when it is there.
 FAST_VENV = "uv|virtualenv" if shutil.which("uv") else "virtualenv"
 
-nox.options.sessions = ["tests", "crosscheck", "lint", "typecheck"]
+nox.options.sessions = ["tests", "crosscheck", "lint", "typecheck", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 

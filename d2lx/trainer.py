@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,6 +70,8 @@ class TrainerBase(HyperParameters):
 
     backend_name: ClassVar[str] = "?"
     _recording_paused = False  # set by adapters that record a step's loss themselves
+    #: False for adapters without a fused path: they warn that steps_per_execution changes nothing.
+    fuses_steps: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -93,6 +96,12 @@ class TrainerBase(HyperParameters):
         self.steps_per_execution = check_int(
             "steps_per_execution", steps_per_execution, minimum=1, example="32"
         )
+        if self.steps_per_execution > 1 and not self.fuses_steps:
+            warnings.warn(
+                f"the {self.backend_name} backend has no fused path: steps_per_execution="
+                f"{self.steps_per_execution} runs ordinary steps, one at a time (same results)",
+                UserWarning, stacklevel=2,
+            )
         if progress is not None and not isinstance(progress, bool):
             raise ArgumentTypeError(f"progress must be True, False or None, got {progress!r}")
         if plot is not None and not isinstance(plot, (str, Path)):

@@ -8,8 +8,9 @@ A block written for a backend other than the active one (``$D2LX_BACKEND``,
 else torch) is skipped with a reason. A block's backends are the ones it
 names: ``from d2lx import jax``, ``d2lx.use_backend("jax")``, ``import jax``
 (or ``torch``, ``tensorflow``, ``mxnet``), the content tab it sits in
-(``=== "JAX"``), or an explicit marker comment ``# docs-test: backend=jax``.
-Blocks that name none are backend-neutral and run everywhere.
+(``=== "JAX"``), an explicit marker comment ``# docs-test: backend=jax``, or
+the page itself (``docs/backends/jax.md``). Blocks that name none are
+backend-neutral and run everywhere.
 ``# docs-test: skip=<reason>`` skips a block that cannot run here. Shell
 commands are ```bash blocks, not python, so they are not run; but every
 ``d2lx ...`` command line in them must parse with the real CLI parser.
@@ -82,6 +83,8 @@ def extract_blocks(path: Path) -> list[Block]:
         tab = _tab_backend(lines, i, len(indent))
         if tab is not None:
             backends.add(tab)
+        if not backends and path.parent.name == "backends" and path.stem in KNOWN:
+            backends.add(path.stem)  # docs/backends/<name>.md is that backend's page
         blocks.append(Block(path, i + 1, lang, code, backends, skip))
         i = j + 1
     return blocks

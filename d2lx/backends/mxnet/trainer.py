@@ -44,6 +44,7 @@ class Trainer(TrainerBase):
     """
 
     backend_name = "mxnet"
+    fuses_steps = False
     _dp: DataParallel | None = None
 
     # -- data parallel (one process, one context per device) ---------------------

@@ -23,6 +23,7 @@ class Trainer(TrainerBase):
     """
 
     backend_name = "torch"
+    fuses_steps = False
     _dp: DataParallel | None = None
 
     # -- data parallel (one process per device; see distributed.py) --------------

@@ -1,4 +1,4 @@
-"""torch-specific data-parallel behaviour (the equality check is in the conformance suite)."""
+"""torch-specific behaviour: data-parallel launch errors, no fused path (equality is in conformance)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,8 @@ def test_a_batch_smaller_than_the_device_count_is_refused(d2l: Any) -> None:
     with pytest.raises(d2lx.InvalidArgumentError, match="cannot be split across 3 devices"):
         dp.check_batches(num_examples=22, batch_size=10)  # last batch: 2 examples
     dp.check_batches(num_examples=23, batch_size=10)  # last batch: 3 examples
+
+
+def test_steps_per_execution_without_a_fused_path_warns(d2l: Any) -> None:
+    with pytest.warns(UserWarning, match="no fused path"):
+        d2l.Trainer(max_epochs=1, steps_per_execution=8)
