@@ -71,24 +71,63 @@ TRACES: list[tuple[int, ...]] = []
 
 
 @pytest.mark.parametrize(("steps", "variants"), [(1, 2), (5, 3), (12, 2)])
-def test_the_step_is_traced_once_per_run_not_per_epoch(steps: int, variants: int) -> None:
+def test_each_variant_is_traced_once_per_process_not_per_epoch_or_fit(steps: int, variants: int) -> None:
     # 12 full batches of 16 + a tail of 11. Compiled variants: chunks of `steps`,
     # a shorter last chunk when `steps` does not divide 12, and the tail step.
-    traces = []
-    for epochs in (1, 4):
+    lr = 0.03 + steps * 1e-4  # a model no other test compiles
+    TRACES.clear()
+    d2l.Trainer(max_epochs=4, progress=False, steps_per_execution=steps).fit(
+        CountingScratch(2, lr=lr), _data())
+    assert len(TRACES) == variants, "more epochs must not trace again"
+    assert sorted(set(TRACES)) == [(11, 2), (16, 2)]
+    # A new model object, a new trainer, other data of the same shapes: the compiled code is reused.
+    TRACES.clear()
+    d2l.Trainer(max_epochs=2, progress=False, steps_per_execution=steps).fit(
+        CountingScratch(2, lr=lr), _data(seed=1))
+    assert TRACES == []
+    # Another learning rate is another program (lr is a constant of the step).
+    d2l.Trainer(max_epochs=1, progress=False, steps_per_execution=steps).fit(
+        CountingScratch(2, lr=2 * lr), _data())
+    assert len(TRACES) == variants
+
+
+def test_a_trainers_own_hooks_and_a_users_optimizer_are_traced_per_fit() -> None:
+    class Scaled(d2l.Trainer):  # a prepare_batch reading the trainer: must see this fit's value
+        def prepare_batch(self, batch: Any) -> Any:
+            return (batch[0] * self.scale, batch[1])
+
+    lr = 0.0317
+    trainer = Scaled(max_epochs=1, progress=False)
+    results = []
+    for scale in (1.0, 0.0):
+        trainer.scale = scale
         TRACES.clear()
-        trainer = d2l.Trainer(max_epochs=epochs, progress=False, steps_per_execution=steps)
-        trainer.fit(CountingScratch(2, lr=0.03), _data())
-        traces.append(list(TRACES))
-    assert traces[0] == traces[1], "more epochs must not trace again"
-    assert len(traces[0]) == variants and sorted(set(traces[0])) == [(11, 2), (16, 2)]
+        net = CountingScratch(2, lr=lr)
+        trainer.fit(net, _data())
+        assert len(TRACES) == 2
+        results.append(net.get_w_b()[0])
+    assert results[0].tolist() != results[1].tolist()
+
+    base = d2l.Trainer(max_epochs=1, progress=False)
+    base.fit(CountingScratch(2, lr=lr), _data())
+    w_base = base.model.get_w_b()[0]
+    TRACES.clear()
+    user = d2l.Trainer(max_epochs=1, progress=False)
+    net = CountingScratch(2, lr=lr)
+    user.prepare_data(_data())
+    user.prepare_model(net)
+    user.optim = optax.sgd(10 * lr)  # assigned by hand: keyed by the object, never shared
+    assert len(TRACES) == 0
+    user._run_epochs(0)
+    assert len(TRACES) == 2
+    assert user.model.get_w_b()[0].tolist() != w_base.tolist()
 
 
 def test_compiled_steps_use_full_float32_matmuls() -> None:
     trainer = d2l.Trainer(max_epochs=1, progress=False)
     trainer.fit(d2l.LinearRegressionScratch(2, lr=0.03), _data())
-    zero = jnp.int32(0)
-    carry = Carry(trainer.state, jnp.bool_(False), zero - 1, zero, zero)
+    carry = trainer.initial_carry()
+    assert isinstance(carry, Carry)
     batch = (jnp.ones((4, 2)), jnp.ones((4, 1)))
     text = str(jax.make_jaxpr(trainer._train_step)(carry, batch))
     assert "dot_general" in text

@@ -11,7 +11,8 @@ work like on every other backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
@@ -25,8 +26,9 @@ from d2lx.module import ModuleBase, _batch_len
 Params = Any  # a pytree of jax.Array (flax's FrozenDict or dict)
 
 # Host-side bookkeeping a frozen flax module must still accept after
-# construction: the d2l trainer link, d2l's train/eval switch, the parked params.
-_HOST_ATTRS = frozenset({"trainer", "training", "_parked_params"})
+# construction: the d2l trainer link, d2l's train/eval switch, the parked
+# params and last gradients.
+_HOST_ATTRS = frozenset({"trainer", "training", "_parked_params", "_parked_grads"})
 
 
 class TrainState(train_state.TrainState):
@@ -51,8 +53,14 @@ class Module(ModuleBase, nn.Module):
     ``self.apply``). The trainer calls these inside ``jax.jit``; there
     :meth:`log` is a no-op and the trainer records the losses the compiled
     function returns, so logging costs no host sync per step.
+
+    Host-side helpers (parameter bookkeeping, ``get_w_b``, ``predict``...)
+    are marked ``nn.nowrap``: flax otherwise wraps every method for scope
+    handling, which these never need and which costs more per call than a
+    compiled training step.
     """
 
+    @nn.nowrap
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _HOST_ATTRS:  # not dataclass fields: never part of a clone or a trace
             object.__setattr__(self, name, value)
@@ -76,6 +84,7 @@ class Module(ModuleBase, nn.Module):
         self.log("loss", l, train=False, count=_batch_len(batch))
         return l
 
+    @nn.nowrap
     def log(self, key: str, value: Any, train: bool = True, count: int = 1) -> None:
         """Record an eager loss; inside a traced step (``jax.jit``) do nothing.
 
@@ -86,17 +95,20 @@ class Module(ModuleBase, nn.Module):
             return
         super().log(key, value, train=train, count=count)
 
+    @nn.nowrap
     def apply_init(self, dummy_input: Sequence[Any], key: jax.Array) -> Any:
         """d2l's name for ``self.init(key, *dummy_input)``: the full variables dict."""
         return self.init(key, *dummy_input)
 
     # -- parameters: the trainer's state while a trainer owns the model -------------
+    @nn.nowrap
     def _owner_state(self) -> Any:
         trainer = self.__dict__.get("trainer")
         if trainer is None or getattr(trainer, "model", None) is not self:
             return None
         return getattr(trainer, "state", None)
 
+    @nn.nowrap
     def current_params(self) -> Params | None:
         """The live parameters: the owning trainer's ``state.params``, else the parked copy."""
         state = self._owner_state()
@@ -104,6 +116,36 @@ class Module(ModuleBase, nn.Module):
             return state.params
         return self.__dict__.get("_parked_params")
 
+    @nn.nowrap
+    def current_grads(self) -> Params | None:
+        """The gradients of the last applied step (the owning trainer's, else parked), or ``None``."""
+        if self._owner_state() is not None:
+            return getattr(self.__dict__["trainer"], "last_grads", None)
+        return self.__dict__.get("_parked_grads")
+
+    @nn.nowrap
+    def _params_for_predict(self) -> Params:
+        params = self.current_params()
+        if params is None:
+            raise RuntimeError(f"{type(self).__name__} has no parameters yet: fit it or call set_w_b")
+        return params
+
+    @nn.nowrap
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The model's output for the NumPy batch ``X``, as NumPy float32 (host in, host out).
+
+        Works with or without a trainer (on a fresh model after ``set_w_b``).
+        ``X`` is placed where the parameters are (device, or replicated over
+        a data-parallel mesh); full float32 matmuls, like the trainer's steps.
+        """
+        params = self._params_for_predict()
+        placement = getattr(jax.tree_util.tree_leaves(params)[0], "sharding", None)
+        X = jax.device_put(np.asarray(X, dtype=np.float32), placement)
+        with jax.default_matmul_precision("highest"):
+            y_hat = self.apply({"params": params}, X)
+        return np.asarray(jax.device_get(y_hat), dtype=np.float32)
+
+    @nn.nowrap
     def replace_params(self, params: Params) -> None:
         """Make ``params`` the parameters the next training step starts from."""
         trainer = self.__dict__.get("trainer")
@@ -111,21 +153,99 @@ class Module(ModuleBase, nn.Module):
             trainer.state = trainer.state.replace(params=params)
         self._parked_params = params
 
+    @nn.nowrap
     def park_params(self) -> None:
-        """Copy the live parameters out of the trainer before another trainer takes over."""
+        """Copy the live parameters (and last gradients) out of the trainer before another takes over."""
         self._parked_params = self.current_params()
+        self._parked_grads = self.current_grads()
 
+    @nn.nowrap
     def initial_params(self, dummy_input: Sequence[Any], key: jax.Array) -> Params:
-        """Parameters to start from: the parked ones, else flax ``init`` on a dummy batch."""
+        """Parameters to start from: the parked ones, else flax ``init`` on a dummy batch.
+
+        ``init`` runs under ``jax.jit`` (as flax recommends), compiled once per
+        distinct module (see :func:`module_key`): eager ``init`` dispatches
+        every op of ``setup`` one by one, which costs more than a whole
+        compiled epoch of the seed workload.
+        """
         params = self.current_params()
         if params is None:
-            params = self.apply_init(dummy_input, key)["params"]
+            init = bounded_cache(_INIT_CACHE, module_key(self), lambda: _jitted_init(self))
+            params = init(key, tuple(dummy_input))
         return params
 
 
-def to_device(params: Params, device: jax.Device) -> Params:
-    """Commit every leaf to ``device`` (one explicit transfer per leaf)."""
-    return jax.device_put(params, device)
+def module_key(module: nn.Module) -> Hashable:
+    """What identifies ``module``'s computation: the module itself (flax modules are
+    dataclasses, equal and hashable by their fields), or its identity if a field is unhashable."""
+    try:
+        hash(module)
+    except TypeError:
+        return ByIdentity(module)
+    return module
+
+
+def detached(module: nn.Module) -> nn.Module:
+    """A clone of ``module`` without host attributes (no trainer link, no parked arrays).
+
+    Caches keep this clone, never the user's object, so a cached compiled
+    function does not keep a trainer, its data or its parameters alive.
+    """
+    return module.clone(parent=None)
+
+
+def _jitted_init(module: Module) -> tuple[Hashable, Callable[..., Params]]:
+    clone = detached(module)
+    key = module_key(module)
+    stored = clone if key is module else key
+
+    def init(rng: jax.Array, dummy: tuple[Any, ...]) -> Params:
+        return clone.apply_init(dummy, rng)["params"]
+
+    return stored, jax.jit(init)
+
+
+class ByIdentity:
+    """A hashable stand-in that compares equal only to a stand-in for the same object."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ByIdentity) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
+CACHE_SIZE = 64  #: compiled programs kept per kind (init, training steps); least recently used go first
+_INIT_CACHE: OrderedDict[Hashable, Callable[..., Params]] = OrderedDict()
+
+
+def bounded_cache(cache: OrderedDict[Hashable, Any], key: Hashable,
+                  build: Callable[[], tuple[Hashable, Any]]) -> Any:
+    """``cache[key]``, else ``build()`` -> ``(stored_key, value)`` stored under ``stored_key``.
+
+    ``stored_key`` must equal ``key``; it is what the cache keeps (a detached
+    clone instead of the caller's module). Least recently used entries are
+    dropped beyond :data:`CACHE_SIZE`, so sweeps over many settings stay bounded.
+    """
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+        return value
+    stored, value = build()
+    cache[stored] = value
+    while len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def to_device(params: Params, placement: jax.Device | jax.sharding.Sharding) -> Params:
+    """Commit every leaf to ``placement``: a device, or a sharding (replicated over a mesh)."""
+    return jax.device_put(params, placement)
 
 
 def numpy_leaf(value: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -134,8 +254,8 @@ def numpy_leaf(value: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def like(old: jax.Array | None, value: np.ndarray) -> jax.Array:
-    """``value`` as a JAX array on the same device as ``old`` (host default if none)."""
+    """``value`` as a JAX array placed like ``old`` (same device or sharding; host default if none)."""
     arr = np.asarray(value, dtype=np.float32)
     if old is not None and isinstance(old, jax.Array):
-        return jax.device_put(arr.reshape(old.shape), next(iter(old.devices())))
+        return jax.device_put(arr.reshape(old.shape), old.sharding)
     return jnp.asarray(arr)
