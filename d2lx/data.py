@@ -135,6 +135,22 @@ def shard_slices(length: int, parts: int) -> list[slice]:
     return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
+def check_shardable(num_examples: int, batch_size: int, devices: int) -> None:
+    """Refuse batches that would leave a device without examples (data parallelism).
+
+    Every batch, including the shorter last one, must hold at least one
+    example per device; one message for every backend that splits batches.
+    """
+    last = num_examples % batch_size or batch_size
+    smallest = min(batch_size, last)
+    if smallest < devices:
+        raise InvalidArgumentError(
+            f"a batch of {smallest} example(s) cannot be split across {devices} "
+            f"devices; use batch_size >= {devices} and a num_train whose last batch "
+            f"(num_train % batch_size) is 0 or >= {devices}"
+        )
+
+
 class DataModule(HyperParameters):
     """Base class of data: d2l's ``DataModule`` without a framework inside.
 

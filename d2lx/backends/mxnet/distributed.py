@@ -22,8 +22,7 @@ from collections.abc import Sequence
 import mxnet as mx
 from mxnet import np
 
-from d2lx.data import shard_slices
-from d2lx.errors import InvalidArgumentError
+from d2lx.data import check_shardable, shard_slices
 
 
 class DataParallel:
@@ -37,13 +36,7 @@ class DataParallel:
 
     def check_batches(self, num_examples: int, batch_size: int) -> None:
         """Refuse batches that would leave a context without examples (before any step)."""
-        last = num_examples % batch_size or batch_size
-        if min(batch_size, last) < self.world:
-            raise InvalidArgumentError(
-                f"a batch of {min(batch_size, last)} example(s) cannot be split across {self.world} "
-                f"devices; use batch_size >= {self.world} and a num_train whose last batch "
-                f"(num_train % batch_size) is 0 or >= {self.world}"
-            )
+        check_shardable(num_examples, batch_size, self.world)
 
     def split(self, batch: Sequence[np.ndarray]) -> list[tuple[tuple[np.ndarray, ...], float]]:
         """Each context's contiguous shard of a global batch, and its loss weight ``shard / batch``.

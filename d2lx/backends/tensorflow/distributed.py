@@ -37,6 +37,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from d2lx.data import check_shardable
 from d2lx.errors import InvalidArgumentError
 
 
@@ -118,13 +119,7 @@ class DataParallel:
 
     def check_batches(self, num_examples: int, batch_size: int) -> None:
         """Refuse batches that would leave a device without examples (before any step)."""
-        last = num_examples % batch_size or batch_size
-        if min(batch_size, last) < self.world:
-            raise InvalidArgumentError(
-                f"a batch of {min(batch_size, last)} example(s) cannot be split across {self.world} "
-                f"devices; use batch_size >= {self.world} and a num_train whose last batch "
-                f"(num_train % batch_size) is 0 or >= {self.world}"
-            )
+        check_shardable(num_examples, batch_size, self.world)
 
     def loss_and_grads(
         self,

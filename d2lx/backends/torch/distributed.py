@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from d2lx.data import shard_slices
+from d2lx.data import check_shardable, shard_slices
 from d2lx.devices import DeviceSpec
 from d2lx.errors import InvalidArgumentError
 
@@ -64,13 +64,7 @@ class DataParallel:
 
     def check_batches(self, num_examples: int, batch_size: int) -> None:
         """Refuse batches that would leave a device without examples."""
-        last = num_examples % batch_size or batch_size
-        if min(batch_size, last) < self.world:
-            raise InvalidArgumentError(
-                f"a batch of {min(batch_size, last)} example(s) cannot be split across {self.world} "
-                f"devices; use batch_size >= {self.world} and a num_train whose last batch "
-                f"(num_train % batch_size) is 0 or >= {self.world}"
-            )
+        check_shardable(num_examples, batch_size, self.world)
 
     def shard(self, batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], float]:
         n = int(batch[-1].shape[0])
