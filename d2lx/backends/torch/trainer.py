@@ -91,16 +91,19 @@ class Trainer(TrainerBase):
     def _fit_epoch_one_device(self) -> None:
         self.model.train()
         for batch in self.train_dataloader:
-            loss = self.model.training_step(self.prepare_batch(batch))
-            self.optim.zero_grad()
-            loss.backward()
-            # As in d2l: the update runs outside autograd, so a hand-written
-            # optimizer's in-place `param -= lr * param.grad` on a leaf works.
-            with torch.no_grad():
-                if self.gradient_clip_val > 0:
-                    self.clip_gradients(self.gradient_clip_val, self.model)
-                self.optim.step()
-            self.train_batch_idx += 1
+            self._update(self.model.training_step(self.prepare_batch(batch)))
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backward, optional clipping, optimizer step: d2l 3.4's ``fit_epoch`` body."""
+        self.optim.zero_grad()
+        loss.backward()
+        # As in d2l: the update runs outside autograd, so a hand-written
+        # optimizer's in-place `param -= lr * param.grad` on a leaf works.
+        with torch.no_grad():
+            if self.gradient_clip_val > 0:
+                self.clip_gradients(self.gradient_clip_val, self.model)
+            self.optim.step()
+        self.train_batch_idx += 1
 
     def _fit_epoch_data_parallel(self) -> None:
         dp = self._dp
@@ -117,13 +120,7 @@ class Trainer(TrainerBase):
                 self.raise_divergence(self.epoch, self.train_batch_idx)
             # Summed over processes at the end of the epoch: the global batch's mean loss.
             self._train_meter.add(loss.detach() / dp.world, int(batch[-1].shape[0]))
-            self.optim.zero_grad()
-            loss.backward()
-            with torch.no_grad():
-                if self.gradient_clip_val > 0:
-                    self.clip_gradients(self.gradient_clip_val, self.model)
-                self.optim.step()
-            self.train_batch_idx += 1
+            self._update(loss)
 
     def _validate(self) -> None:
         # Under data parallelism every process evaluates the whole (small)
