@@ -315,7 +315,21 @@ class TrainerBase(HyperParameters):
                 f"{w_now.shape}; use data and model of the same width"
             )
         self.model.set_w_b(ckpt.params["w"], ckpt.params["b"])
-        self._load_optimizer_state(ckpt.optimizer)
+        writer = ckpt.meta.get("backend")
+        if ckpt.optimizer and writer != self.backend_name:
+            # Optimizer state is the writer framework's own layout (Keras' SGD
+            # keeps an iteration counter, optax's sgd keeps nothing, ...), so it
+            # cannot be mapped onto another framework's optimizer. Say so.
+            warnings.warn(
+                f"{path} was written by the {writer} backend; its optimizer state "
+                f"({', '.join(sorted(ckpt.optimizer))}) does not apply to {self.backend_name}'s "
+                "optimizer and is not loaded (parameters, epoch, step, shuffling and history are). "
+                "Plain SGD keeps no state that changes the updates; an optimizer with momentum "
+                "restarts it",
+                UserWarning, stacklevel=3,
+            )
+        else:
+            self._load_optimizer_state(ckpt.optimizer)
         assert self.data is not None
         self.data.shuffle_rng.bit_generator.state = ckpt.meta["shuffle_rng"]
         self.epochs_done = self.epoch = ckpt.epoch

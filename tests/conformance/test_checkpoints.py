@@ -107,3 +107,17 @@ def test_resuming_into_another_kind_of_model_is_refused(d2l: Any, tmp_path: Path
 def test_save_before_fit_is_a_clear_error(d2l: Any, tmp_path: Path) -> None:
     with pytest.raises(d2lx.InvalidArgumentError, match="call fit"):
         d2l.Trainer(max_epochs=1).save_checkpoint(tmp_path / "x.npz")
+
+
+def test_foreign_optimizer_state_is_skipped_with_a_warning(d2l: Any, tmp_path: Path) -> None:
+    trainer = d2l.Trainer(max_epochs=1, progress=False)
+    trainer.fit(d2l.LinearRegression(lr=0.03), _data())
+    path = trainer.save_checkpoint(tmp_path / "c.npz")
+    ckpt = checkpoint.load(path)
+    ckpt.meta["backend"] = "elsewhere"  # as if another framework wrote it
+    ckpt.optimizer = {"0:momentum": np.ones((2, 1), np.float32)}
+    checkpoint.save(path, ckpt)
+    resumed = d2l.LinearRegression(lr=0.03)
+    with pytest.warns(UserWarning, match="written by the elsewhere backend; its optimizer state"):
+        d2l.Trainer(max_epochs=2, progress=False).fit(resumed, _data(), ckpt_path=path)
+    assert np.isfinite(resumed.get_w_b()[0]).all()
