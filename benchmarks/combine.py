@@ -164,10 +164,15 @@ def plot(docs: list[dict[str, Any]], path: Path) -> None:
         (line,) = ax2.plot(range(len(sweep)), best, "o-", label=f"{d['backend']} d2lx (best)")
         ax2.plot(range(len(sweep)), loop, "x--", color=line.get_color(), label=f"{d['backend']} loop")
         ax2.set_xticks(range(len(sweep)), labels, rotation=60, ha="right", fontsize=7)
-    ax2.set_yscale("log")
-    ax2.set_ylabel("examples per second (median)")
     ax2.set_title("scaling sweep (concise model)")
-    ax2.legend(fontsize=7)
+    if ax2.lines:
+        ax2.set_yscale("log")
+        ax2.set_ylabel("examples per second (median)")
+        ax2.legend(fontsize=7)
+    else:  # e.g. a `--only seed` run: say so instead of drawing empty axes
+        ax2.axis("off")
+        ax2.text(0.5, 0.5, "no sweep in these results\n(d2lx bench --only sweep)",
+                 ha="center", va="center", transform=ax2.transAxes)
     if any(d.get("smoke") for d in docs):
         fig.suptitle("SMOKE RUN: noisy numbers, not for citation", color="red")
     fig.tight_layout()
