@@ -1,132 +1,44 @@
-"""Framework-free data modules and the device-resident batch loader.
+"""Data modules: d2l's ``DataModule`` and ``SyntheticRegressionData``, plus ``ArrayData``.
 
-Design (see ``shared/design.md``, "One source of randomness" and "Performance
-contracts"):
+Design (see ``docs/architecture.md``):
 
-* A :class:`DataModule` holds its data as NumPy arrays. Nothing here imports a
-  framework, so the same object can be fitted on any backend.
-* When a backend's ``Trainer`` prepares the data it binds an :class:`ArrayOps`
-  (the adapter's four array primitives, already pointing at the target
-  device). :meth:`DataModule.get_tensorloader` then copies each array to the
-  device **once** and caches it; :class:`ArrayLoader` batches on the device
-  with one gather per epoch (the shuffle) and plain slices per step. No
-  host-to-device copy happens per batch.
-* The shuffling order is drawn from the data module's own seeded NumPy stream,
-  so every backend sees the same batches in the same order.
+* The numbers come from one seeded NumPy source (:mod:`d2lx.seeding`), so the
+  same seed is the same experiment on every backend. A backend namespace's
+  ``SyntheticRegressionData`` (``d2l.SyntheticRegressionData``) then hands
+  the reader the backend's own tensors (``data.X``, ``data.y``, ``data.w``),
+  as d2l does; the classes here, imported from ``d2lx.data``, keep NumPy.
+* :meth:`DataModule.get_tensorloader` copies each array to the training
+  device **once** (cached per device) and returns d2lx's
+  :class:`~d2lx.loader.ArrayLoader`, which batches on the device. A
+  ``get_dataloader`` may return any other loader instead (a torch
+  ``DataLoader``, ``tf.data``...): the trainer takes that too.
+* Nothing here needs ``super().__init__()``: d2l's own chapter 3.7 writes a
+  ``DataModule`` subclass that never calls it, so the base class's state is
+  made on first use.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from d2lx.errors import InvalidArgumentError, ShapeMismatchError
 from d2lx.hyperparameters import HyperParameters
+from d2lx.loader import ArrayLoader, ArrayOps, to_numpy
 from d2lx.seeding import generator, resolve_seed
-from d2lx.validation import check_finite_array, check_float, check_int
+from d2lx.validation import as_float_array, check_float, check_int
 
-
-@runtime_checkable
-class ArrayOps(Protocol):
-    """The array primitives an adapter gives the core loader.
-
-    ``device_key`` identifies backend + device (e.g. ``"torch:cuda:0"``); it
-    keys the per-device cache so a dataset is transferred once per device.
-    """
-
-    device_key: str
-
-    def asarray(self, array: np.ndarray) -> Any:
-        """Copy a NumPy array to the device as the framework's array type."""
-        ...
-
-    def indices(self, order: np.ndarray) -> Any:
-        """Copy an int64 index vector to the device."""
-        ...
-
-    def take(self, array: Any, indices: Any) -> Any:
-        """Gather rows ``indices`` of a device array (stays on the device)."""
-        ...
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    """Convert a NumPy, PyTorch, JAX, TensorFlow or MXNet array (or list) to NumPy.
-
-    Duck-typed so the core never imports a framework.
-    """
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "asnumpy"):  # mxnet
-        return np.asarray(value.asnumpy())
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch
-        return value.detach().cpu().numpy()
-    if hasattr(value, "numpy") and callable(value.numpy):  # tensorflow eager
-        return np.asarray(value.numpy())
-    return np.asarray(value)
-
-
-class ArrayLoader:
-    """Iterates minibatches of device arrays; d2l's ``DataLoader`` stand-in.
-
-    ``len(loader)`` is the number of batches per epoch (the last batch may be
-    shorter, as with ``DataLoader(drop_last=False)``). With ``shuffle=True``
-    each pass draws a new permutation from ``rng``.
-    """
-
-    def __init__(
-        self,
-        tensors: Sequence[Any],
-        batch_size: int,
-        shuffle: bool,
-        ops: ArrayOps,
-        rng: np.random.Generator | None,
-        num_examples: int,
-    ) -> None:
-        self.tensors = tuple(tensors)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.ops = ops
-        self.rng = rng
-        self.num_examples = num_examples
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
-
-    def epoch_order(self) -> np.ndarray | None:
-        """Draw this epoch's example order (``None`` means the natural order).
-
-        Adapters with a fused path call this themselves (instead of iterating)
-        so that they consume the random stream exactly as iteration does.
-        """
-        if not self.shuffle:
-            return None
-        assert self.rng is not None
-        return self.rng.permutation(self.num_examples)
-
-    def epoch_tensors(self) -> tuple[Any, ...]:
-        """Return the device arrays in this epoch's order (one gather if shuffled)."""
-        order = self.epoch_order()
-        if order is None:
-            return self.tensors
-        idx = self.ops.indices(order)
-        return tuple(self.ops.take(t, idx) for t in self.tensors)
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        tensors = self.epoch_tensors()
-        bs = self.batch_size
-        for start in range(0, self.num_examples, bs):
-            yield tuple(t[start : start + bs] for t in tensors)
+__all__ = ["ArrayData", "DataModule", "SyntheticRegressionData", "check_shardable", "shard_slices"]
 
 
 def shard_slices(length: int, parts: int) -> list[slice]:
     """Split ``range(length)`` into ``parts`` contiguous slices, sizes differing by at most 1.
 
-    Used by data-parallel training to give each device its part of a global
-    batch (``numpy.array_split`` semantics: the first ``length % parts``
-    shards get one example more; a shard may be empty).
+    Data-parallel training gives each device its part of a global batch
+    (``numpy.array_split`` semantics: the first ``length % parts`` shards get
+    one example more; a shard may be empty).
     """
     base, extra = divmod(length, parts)
     bounds = [0]
@@ -136,11 +48,7 @@ def shard_slices(length: int, parts: int) -> list[slice]:
 
 
 def check_shardable(num_examples: int, batch_size: int, devices: int) -> None:
-    """Refuse batches that would leave a device without examples (data parallelism).
-
-    Every batch, including the shorter last one, must hold at least one
-    example per device; one message for every backend that splits batches.
-    """
+    """Refuse batches that would leave a device without examples (data parallelism)."""
     last = num_examples % batch_size or batch_size
     smallest = min(batch_size, last)
     if smallest < devices:
@@ -151,145 +59,155 @@ def check_shardable(num_examples: int, batch_size: int, devices: int) -> None:
         )
 
 
-class DataModule(HyperParameters):
-    """Base class of data: d2l's ``DataModule`` without a framework inside.
+def _index_key(indices: Any) -> Any:
+    """A hashable description of ``indices`` (a slice, or an index array by content)."""
+    if isinstance(indices, slice):
+        return ("slice", indices.start, indices.stop, indices.step)
+    array = np.asarray(to_numpy(indices))
+    return ("array", array.dtype.str, array.shape, array.tobytes())
 
-    Subclasses implement :meth:`get_dataloader` (usually by calling
-    :meth:`get_tensorloader` with NumPy arrays). ``seed`` fixes the shuffling
-    order; by default the global seed (:func:`d2lx.seed`) is used.
+
+class DataModule(HyperParameters):
+    """Base class of data: d2l's ``DataModule`` (``root``, ``num_workers``) without a framework.
+
+    Subclasses implement :meth:`get_dataloader`, usually with
+    :meth:`get_tensorloader` on NumPy arrays or framework tensors. ``seed``
+    fixes the shuffling order; by default the global seed
+    (:func:`d2lx.seed`) when the order is first needed.
     """
 
     batch_size: int
 
     def __init__(self, root: str = "../data", num_workers: int = 4, *, seed: int | None = None) -> None:
         self.save_hyperparameters(ignore=["seed"])
-        self._init_rng(seed)
-
-    def _init_rng(self, seed: int | None) -> None:
         self.seed = resolve_seed(seed)
-        self.shuffle_rng = generator("shuffle", self.seed)
-        self._ops: ArrayOps | None = None
-        self._device_cache: dict[tuple[Any, ...], tuple[np.ndarray, Any]] = {}
 
-    # -- binding to a backend/device (done by Trainer.prepare_data) -----------
+    # -- state made on first use (a subclass may skip super().__init__()) -------------
+    @property
+    def shuffle_rng(self) -> np.random.Generator:
+        """The seeded NumPy stream the training loader's shuffle order is drawn from."""
+        rng = self.__dict__.get("_shuffle_rng")
+        if rng is None:
+            if "seed" not in self.__dict__:
+                self.seed = resolve_seed(None)
+            rng = self.__dict__["_shuffle_rng"] = generator("shuffle", self.seed)
+        return rng
+
+    def _cache(self) -> dict[Any, tuple[Any, Any]]:
+        return self.__dict__.setdefault("_device_cache", {})
+
+    # -- binding to a backend and device (Trainer.prepare_data does it) -----------------
     def bind(self, ops: ArrayOps) -> None:
         """Make later loaders produce arrays of ``ops``' framework and device."""
-        self._ops = ops
+        self.__dict__["_ops"] = ops
 
     def _require_ops(self) -> ArrayOps:
-        if getattr(self, "_ops", None) is None:
+        ops = self.__dict__.get("_ops")
+        if ops is None:
             from d2lx import registry  # local: the registry imports backends lazily
 
-            self.bind(registry.load().default_array_ops())
-        assert self._ops is not None
-        return self._ops
+            ops = registry.load().default_array_ops()
+            self.bind(ops)
+        return ops
 
-    def _on_device(self, array: np.ndarray) -> Any:
-        """Return ``array`` on the bound device, copying it there only the first time.
+    def _on_device(self, source: Any, indices: Any, split: str, position: int) -> tuple[Any, int]:
+        """``source[indices]`` on the bound device, checked and copied there only the first time.
 
-        The key is the memory the NumPy view points at (address, shape,
-        strides, dtype): slicing ``self.X`` again in a later
-        ``train_dataloader()`` call finds the same device copy. The cache keeps
-        the view alive, so an address cannot be reused by another array. (Data
-        changed in place after the first fit is not re-sent: build a new data
-        module instead.)
+        The cache key is the source array (its identity, kept alive by the
+        cache, or for NumPy the memory it views) and the indices, so slicing
+        ``self.X`` again in a later ``train_dataloader()`` finds the same
+        device copy. Data changed in place after the first fit is not re-sent.
         """
         ops = self._require_ops()
-        key = (ops.device_key, array.__array_interface__["data"][0], array.shape,
-               array.strides, array.dtype.str)
-        hit = self._device_cache.get(key)
+        if isinstance(source, np.ndarray):
+            ident: Any = (source.__array_interface__["data"][0], source.shape, source.strides,
+                          source.dtype.str)
+        else:
+            ident = id(source)
+        key = (ops.device_key, ident, _index_key(indices))
+        hit = self._cache().get(key)
         if hit is not None:
-            return hit[1]
-        canonical = np.ascontiguousarray(array, dtype=np.float32 if array.dtype.kind == "f" else None)
-        moved = ops.asarray(canonical)
-        self._device_cache[key] = (array, moved)
-        return moved
+            return hit[1], int(hit[1].shape[0])
+        name = f"{split} array {position}"
+        array = as_float_array(name, to_numpy(source)[indices], example="np.ones((n, 2))")
+        if array.ndim >= 2 and 0 in array.shape[1:]:
+            raise ShapeMismatchError(
+                f"{name} has shape {array.shape}: no features to learn from; give X at least one column"
+            )
+        moved = ops.asarray(np.ascontiguousarray(array))
+        self._cache()[key] = (source, moved)
+        return moved, len(array)
 
-    # -- the d2l surface -------------------------------------------------------
-    def get_dataloader(self, train: bool) -> ArrayLoader:
+    # -- the d2l surface -------------------------------------------------------------------
+    def get_dataloader(self, train: bool) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement get_dataloader(train)")
 
-    def train_dataloader(self) -> ArrayLoader:
+    def train_dataloader(self) -> Any:
         return self.get_dataloader(train=True)
 
-    def val_dataloader(self) -> ArrayLoader | None:
+    def val_dataloader(self) -> Any:
         return self.get_dataloader(train=False)
 
-    def get_tensorloader(
-        self, tensors: Sequence[Any], train: bool, indices: slice | np.ndarray = slice(0, None)
-    ) -> ArrayLoader:
-        """Batch ``tensors[i][indices]`` on the bound device (d2l's signature).
+    def get_tensorloader(self, tensors: Sequence[Any], train: bool,
+                         indices: slice | Any = slice(0, None)) -> ArrayLoader:
+        """Batch ``tensors[i][indices]`` on the training device (d2l's signature).
 
-        The arrays are validated (same length, not empty, finite) and copied
-        to the device once; later calls reuse the device copy.
+        The arrays may be NumPy or any framework's tensors. They are checked
+        (numbers, finite, same length, not empty) and copied to the device
+        once; later calls reuse the device copy.
         """
-        arrays = [to_numpy(t)[indices] for t in tensors]
-        if not arrays:
+        if not tensors:
             raise InvalidArgumentError("get_tensorloader needs at least one array")
-        n = len(arrays[0])
         split = "training" if train else "validation"
-        for i, a in enumerate(arrays):
-            if len(a) != n:
-                raise ShapeMismatchError(
-                    f"{split} arrays have different lengths ({n} vs {len(a)} for array {i}); "
-                    "every array must have one row per example"
-                )
-        if n == 0:
-            raise InvalidArgumentError(
-                f"the {split} set is empty (0 examples); provide at least one example"
+        moved = [self._on_device(t, indices, split, i) for i, t in enumerate(tensors)]
+        lengths = [n for _, n in moved]
+        if len(set(lengths)) > 1:
+            raise ShapeMismatchError(
+                f"{split} arrays have different lengths ({', '.join(map(str, lengths))}); "
+                "every array must have one row per example"
             )
-        batch_size = check_int("batch_size", self.batch_size, minimum=1, example="32")
+        n = lengths[0]
+        if n == 0:
+            raise InvalidArgumentError(f"the {split} set is empty (0 examples); provide at least one example")
+        batch_size = check_int("batch_size", getattr(self, "batch_size", None), minimum=1, example="32")
         if train and batch_size > n:
             raise InvalidArgumentError(
                 f"batch_size={batch_size} is larger than the training set ({n} examples); "
                 f"use batch_size <= {n}"
             )
-        for i, a in enumerate(arrays):
-            check_finite_array(f"{split} array {i}", a)
-        device_arrays = [self._on_device(a) for a in arrays]
-        return ArrayLoader(
-            device_arrays, batch_size, shuffle=train, ops=self._require_ops(),
-            rng=self.shuffle_rng if train else None, num_examples=n,
-        )
-
-
-def _scalar(name: str, value: Any, example: str) -> float:
-    """Accept a Python number or a one-element array of any framework."""
-    if not isinstance(value, (int, float, str)) and value is not None:
-        arr = to_numpy(value).reshape(-1)
-        if arr.size != 1:
-            raise InvalidArgumentError(f"{name} must be a single number, got {arr.size} values")
-        value = arr[0].item()
-    return check_float(name, value, example=example)
+        return ArrayLoader([m for m, _ in moved], batch_size, shuffle=train, ops=self._require_ops(),
+                           rng=self.shuffle_rng if train else None, num_examples=n)
 
 
 class SyntheticRegressionData(DataModule):
     """Synthetic data for linear regression: ``y = X w + b + noise`` (d2l 3.3).
 
-    ``X`` is standard normal, ``noise`` is normal(0, ``noise``); both come from
-    the seeded NumPy stream, so every backend trains on identical numbers. The
+    ``X`` is standard normal and the noise normal(0, ``noise``), both from the
+    seeded NumPy stream, so every backend trains on identical numbers. The
     first ``num_train`` rows are the training set, the next ``num_val`` the
-    validation set. ``w`` may be a list or any framework's 1-D array; ``data.w``
-    and ``data.b`` keep the true values as NumPy / float for comparison.
+    validation set. ``w`` is a list or any framework's 1-D array (a column
+    ``(n, 1)`` is accepted too). Here ``X``, ``y`` and ``w`` are NumPy
+    float32; ``d2l.SyntheticRegressionData`` of a backend namespace gives that
+    backend's tensors (see :func:`bind_tensors`). ``b`` is kept as given.
     """
 
-    def __init__(
-        self,
-        w: Any,
-        b: Any,
-        noise: float = 0.01,
-        num_train: int = 1000,
-        num_val: int = 1000,
-        batch_size: int = 32,
-        *,
-        seed: int | None = None,
-    ) -> None:
-        w_np = to_numpy(w).astype(np.float64).reshape(-1)
+    #: Converts the NumPy arrays to the reader's tensors (set by a backend namespace).
+    tensor_ops: ClassVar[Callable[[], ArrayOps] | None] = None
+
+    def __init__(self, w: Any, b: Any, noise: float = 0.01, num_train: int = 1000, num_val: int = 1000,
+                 batch_size: int = 32, *, seed: int | None = None) -> None:
+        w_np = as_float_array("w", w, example="[2, -3.4]")
+        if w_np.ndim == 2 and w_np.shape[1] == 1:
+            w_np = w_np[:, 0]
+        if w_np.ndim != 1:
+            raise ShapeMismatchError(
+                f"w must be a vector of weights (one per feature), got shape {w_np.shape}; "
+                "pass e.g. w=[2, -3.4] (a column of shape (n, 1) works too)"
+            )
         if w_np.size == 0:
             raise InvalidArgumentError("w is empty; pass at least one weight, e.g. w=[2, -3.4]")
-        check_finite_array("w", w_np)
         b_value = _scalar("b", b, example="4.2")
-        noise = check_float("noise", noise, nonnegative=True, example="0.01")
+        noise = check_float("noise", noise, nonnegative=True, float32=True, example="0.01")
         num_train = check_int("num_train", num_train, minimum=1, example="1000")
         num_val = check_int("num_val", num_val, minimum=0, example="1000")
         batch_size = check_int("batch_size", batch_size, minimum=1, example="32")
@@ -298,23 +216,26 @@ class SyntheticRegressionData(DataModule):
                 f"batch_size={batch_size} is larger than the training set ({num_train} examples); "
                 f"use batch_size <= {num_train}"
             )
-        self.w = w_np.astype(np.float32)
-        self.b = b_value
-        self.noise = noise
-        self.num_train = num_train
-        self.num_val = num_val
-        self.batch_size = batch_size
+        _check_memory(num_train + num_val, w_np.size)
+        self.b = b if not isinstance(b, (int, float)) else b_value  # d2l keeps b as given
+        self.noise, self.num_train, self.num_val, self.batch_size = noise, num_train, num_val, batch_size
         self.root, self.num_workers = "../data", 4
-        self.hparams = {"noise": noise, "num_train": num_train, "num_val": num_val,
-                        "batch_size": batch_size}
-        self._init_rng(seed)
+        self.hparams = {"noise": noise, "num_train": num_train, "num_val": num_val, "batch_size": batch_size}
+        self.seed = resolve_seed(seed)
         rng = generator("data", self.seed)
         n = num_train + num_val
         X = rng.standard_normal((n, w_np.size))
         eps = rng.standard_normal((n, 1)) * noise
-        y = X @ w_np.reshape(-1, 1) + b_value + eps
-        self.X = X.astype(np.float32)
-        self.y = y.astype(np.float32)
+        y = X @ w_np.astype(np.float64).reshape(-1, 1) + b_value + eps
+        self.X, self.y, self.w = self._tensors(X.astype(np.float32), y.astype(np.float32), w_np)
+
+    def _tensors(self, *arrays: np.ndarray) -> tuple[Any, ...]:
+        """The arrays as the reader's tensors (on the CPU), or NumPy for the core class."""
+        make = type(self).tensor_ops
+        if make is None:
+            return arrays
+        ops = make()
+        return tuple(ops.asarray(a) for a in arrays)
 
     @property
     def num_inputs(self) -> int:
@@ -328,44 +249,73 @@ class SyntheticRegressionData(DataModule):
         return None if self.num_val == 0 else self.get_dataloader(train=False)
 
 
+def _scalar(name: str, value: Any, example: str) -> float:
+    """A Python number or a one-element array of any framework, as a float32-range float."""
+    if value is None or isinstance(value, (str, bytes, bool)):
+        return check_float(name, value, example=example)  # its wording: "must be a real number"
+    array = as_float_array(name, value, example=example).reshape(-1)
+    if array.size != 1:
+        raise InvalidArgumentError(f"{name} must be a single number, got {array.size} values")
+    return float(array[0])
+
+
+def _check_memory(rows: int, features: int) -> None:
+    """Refuse a synthetic dataset larger than this machine could hold, before allocating it."""
+    needed = rows * (features + 1) * 8 * 2  # float64 while drawing, plus the float32 copies
+    try:
+        import os
+
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > available:
+        raise InvalidArgumentError(
+            f"{rows} examples x {features} features need about {needed / 2**30:.1f} GiB to generate, "
+            f"more than this machine's {available / 2**30:.1f} GiB of memory; use fewer examples"
+        )
+
+
 class ArrayData(DataModule):
-    """A data module over your own NumPy (or framework) arrays.
+    """A data module over your own arrays (NumPy or any framework's).
 
     ``ArrayData(X, y, X_val=None, y_val=None, batch_size=32)``: ``X`` is
-    ``(n, num_inputs)``, ``y`` is ``(n, 1)`` (a 1-D ``y`` is reshaped). The
-    arrays are checked up front: equal lengths, not empty, finite.
+    ``(n, num_inputs)``, ``y`` is ``(n, 1)`` (a 1-D ``y`` is made a column).
+    Checked up front: numbers (not text, objects or complex), finite, within
+    float32, equal lengths, not empty, at least one feature, and the same
+    width for the validation set.
     """
 
-    def __init__(
-        self,
-        X: Any,
-        y: Any,
-        X_val: Any = None,
-        y_val: Any = None,
-        batch_size: int = 32,
-        *,
-        seed: int | None = None,
-    ) -> None:
+    def __init__(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, batch_size: int = 32, *,
+                 seed: int | None = None) -> None:
         self.batch_size = check_int("batch_size", batch_size, minimum=1, example="32")
         self.root, self.num_workers = "../data", 4
         self.hparams = {"batch_size": self.batch_size}
-        self._init_rng(seed)
+        self.seed = resolve_seed(seed)
         self.X, self.y = self._prepare("training", X, y)
         self.X_val: np.ndarray | None = None
         self.y_val: np.ndarray | None = None
-        if X_val is not None:
+        if X_val is not None or y_val is not None:
             self.X_val, self.y_val = self._prepare("validation", X_val, y_val)
+            if self.X_val.shape[1:] != self.X.shape[1:]:
+                raise ShapeMismatchError(
+                    f"validation X has {self.X_val.shape[1]} features but training X has "
+                    f"{self.X.shape[1]}; give both sets the same columns"
+                )
 
     @staticmethod
     def _prepare(split: str, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-        if y is None:
-            raise InvalidArgumentError(f"{split} X was given without y; pass both")
-        X_np = to_numpy(X).astype(np.float32)
-        y_np = to_numpy(y).astype(np.float32)
+        if X is None or y is None:
+            raise InvalidArgumentError(f"{split} {'X' if X is None else 'y'} is missing; pass both X and y")
+        X_np = as_float_array(f"{split} X", X, example="np.ones((n, 2))")
+        y_np = as_float_array(f"{split} y", y, example="np.ones((n, 1))")
         if X_np.ndim != 2:
             raise ShapeMismatchError(
                 f"{split} X must be 2-D (examples, features), got shape {X_np.shape}; "
                 "reshape it, e.g. X.reshape(len(X), -1)"
+            )
+        if X_np.shape[1] == 0:
+            raise ShapeMismatchError(
+                f"{split} X has shape {X_np.shape}: no features to learn from; give X at least one column"
             )
         if y_np.ndim == 1:
             y_np = y_np.reshape(-1, 1)
@@ -376,8 +326,6 @@ class ArrayData(DataModule):
             )
         if len(X_np) == 0:
             raise InvalidArgumentError(f"the {split} set is empty (0 examples); provide at least one example")
-        check_finite_array(f"{split} X", X_np)
-        check_finite_array(f"{split} y", y_np)
         return X_np, y_np
 
     @property
@@ -387,8 +335,14 @@ class ArrayData(DataModule):
     def get_dataloader(self, train: bool) -> ArrayLoader:
         if train:
             return self.get_tensorloader((self.X, self.y), True)
-        assert self.X_val is not None
+        assert self.X_val is not None and self.y_val is not None
         return self.get_tensorloader((self.X_val, self.y_val), False)
 
     def val_dataloader(self) -> ArrayLoader | None:
         return None if self.X_val is None else self.get_dataloader(train=False)
+
+
+def bind_tensors(cls: type[SyntheticRegressionData], ops: Callable[[], ArrayOps]) -> type:
+    """``cls`` for one backend namespace: its ``X``, ``y``, ``w`` are that backend's tensors."""
+    return type(cls.__name__, (cls,), {"tensor_ops": staticmethod(ops), "__module__": cls.__module__,
+                                       "__doc__": cls.__doc__, "__qualname__": cls.__qualname__})

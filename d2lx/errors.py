@@ -57,6 +57,14 @@ class DivergenceError(D2lxError, FloatingPointError):
         self.step = step
 
 
+class NotFittedError(D2lxError, RuntimeError):
+    """Something that exists only after training (weights of a lazy layer, gradients) was asked for first."""
+
+
+class OutputError(D2lxError, OSError):
+    """A file d2lx writes (a plot, a checkpoint) could not be written; what trained is kept."""
+
+
 class CheckpointError(D2lxError, OSError):
     """A checkpoint file that is missing, truncated, or not a d2lx checkpoint."""
 
@@ -70,6 +78,8 @@ __all__ = [
     "DivergenceError",
     "InvalidArgumentError",
     "NonFiniteDataError",
+    "NotFittedError",
+    "OutputError",
     "ShapeMismatchError",
     "UnknownBackendError",
 ]

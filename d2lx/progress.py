@@ -1,82 +1,45 @@
-"""A small, throttled progress bar for epochs (and grids of runs).
+"""Epoch progress, drawn by tqdm (a widget in Jupyter, a line in a terminal).
 
-Why not d2l's ``ProgressBoard``: it redraws a matplotlib figure during
-training and makes a 3-epoch run take over a second. This bar writes one line
-to stderr, at most ``max_rate`` times a second, and is off when stderr is not a
-terminal, when ``$CI`` is set, or with ``progress=False``.
+On by default in a terminal and in Jupyter, off when ``$CI`` is set, when
+stderr is not a terminal (logs, pipes) or with ``progress=False``; tqdm
+redraws at most :data:`MAX_RATE` times a second, so it costs nothing per
+step.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
-import time
-from typing import TextIO
+from typing import Any, TextIO
+
+from d2lx.board import in_notebook
+
+MAX_RATE = 5.0  # redraws per second at most
 
 
 def progress_enabled(requested: bool | None, stream: TextIO | None = None) -> bool:
-    """Resolve ``progress=None`` (auto) to on/off."""
+    """Resolve ``progress=None`` (auto): on in a terminal or notebook, off under ``$CI``."""
     if requested is not None:
         return bool(requested)
-    stream = stream or sys.stderr
     if os.environ.get("CI"):
         return False
+    if in_notebook():
+        return True
+    stream = stream or sys.stderr
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
 
 
-class ProgressBar:
-    """``with ProgressBar(total, "fit") as bar: bar.update(1, "loss 0.1")``."""
+def progress_bar(total: int, label: str, enabled: bool, initial: int = 0, unit: str = "epoch") -> Any:
+    """A tqdm bar over ``total`` units (epochs, runs); ``update(n)``, ``set_postfix_str(s)``, ``close()``.
 
-    def __init__(
-        self,
-        total: int,
-        label: str,
-        enabled: bool,
-        stream: TextIO | None = None,
-        max_rate: float = 5.0,
-        width: int = 24,
-    ) -> None:
-        self.total = max(int(total), 1)
-        self.label = label
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.min_interval = 1.0 / max_rate
-        self.width = width
-        self.done = 0
-        self.renders = 0
-        self._last = 0.0
-        self._start = time.perf_counter()
-        self._suffix = ""
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def update(self, n: int = 1, suffix: str = "") -> None:
-        self.done = min(self.done + n, self.total)
-        self._suffix = suffix
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.done < self.total and now - self._last < self.min_interval:
-            return
-        self._last = now
-        self._render(now)
-
-    def _render(self, now: float) -> None:
-        filled = int(self.width * self.done / self.total)
-        bar = "#" * filled + "-" * (self.width - filled)
-        elapsed = now - self._start
-        self.stream.write(
-            f"\r{self.label} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s {self._suffix}"
-        )
-        self.stream.flush()
-        self.renders += 1
-
-    def close(self) -> None:
-        if self.enabled and self.renders:
-            self.stream.write("\n")
-            self.stream.flush()
+    In Jupyter it is tqdm's widget when ipywidgets is installed (else tqdm's
+    text bar); disabled, it is a tqdm that does nothing at all.
+    """
+    if enabled and in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=label, disable=not enabled, unit=unit,
+                mininterval=1.0 / MAX_RATE, leave=True, dynamic_ncols=True, file=sys.stderr)

@@ -1,7 +1,7 @@
 """The backend registry: which backends exist, which is active, lazy loading.
 
 ``import d2lx`` imports no deep-learning framework. A backend's namespace
-module (``d2lx.backends.torch``...) is imported the first time something asks
+module (``d2lx.torch``...) is imported the first time something asks
 for it, and only then is its framework imported.
 
 Precedence for the active backend: ``use_backend(name)`` (or an explicit
@@ -9,7 +9,7 @@ Precedence for the active backend: ``use_backend(name)`` (or an explicit
 
 Third-party backends register through the ``d2lx.backends`` entry-point group:
 the entry point's name is the backend name and its value the import path of a
-namespace module that provides the same names as ``d2lx.backends.torch``
+namespace module that provides the same names as ``d2lx.torch``
 (see ``docs/adding-a-backend.md``).
 """
 
@@ -19,6 +19,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType, TracebackType
 
 from d2lx.errors import BackendNotInstalledError, UnknownBackendError
@@ -35,18 +36,39 @@ class BackendSpec:
     name: str
     module: str  # import path of the backend's namespace module
     frameworks: tuple[str, ...]  # top-level packages the backend needs
-    install: str  # the command that installs what is missing
+    install_extra: str = ""  # a built-in backend's pip extra ("" for plugins)
+    install_note: str = ""
+    plugin_install: str = ""  # a plugin's install command
+
+    @property
+    def install(self) -> str:
+        """The command that installs what is missing.
+
+        A built-in backend, run from a checkout of d2lx (which is not on the
+        package index), installs from the checkout's pin file; an installed
+        d2lx names its extra.
+        """
+        if not self.install_extra:
+            return self.plugin_install
+        root = Path(__file__).resolve().parent.parent
+        pins = root / "backends" / f"{self.install_extra}.txt"
+        if pins.is_file():
+            where = Path(os.path.relpath(root)) if root in (Path.cwd(), *Path.cwd().parents) or \
+                Path.cwd() in root.parents else root
+            command = f'pip install -r {where / pins.relative_to(root)} -e "{where}[{self.install_extra}]"'
+        else:
+            command = f'pip install "d2lx[{self.install_extra}]"'
+        return command + (f" ({self.install_note})" if self.install_note else "")
 
 
 BUILTIN_BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
-        BackendSpec("torch", "d2lx.backends.torch", ("torch",), 'pip install "d2lx[torch]"'),
-        BackendSpec("jax", "d2lx.backends.jax", ("jax", "flax", "optax"), 'pip install "d2lx[jax]"'),
-        BackendSpec("tensorflow", "d2lx.backends.tensorflow", ("tensorflow",),
-                    'pip install "d2lx[tensorflow]"'),
-        BackendSpec("mxnet", "d2lx.backends.mxnet", ("mxnet",),
-                    'pip install "d2lx[mxnet]" (needs its own environment: numpy<1.24)'),
+        BackendSpec("torch", "d2lx.torch", ("torch",), "torch"),
+        BackendSpec("jax", "d2lx.jax", ("jax", "flax", "optax"), "jax"),
+        BackendSpec("tensorflow", "d2lx.tensorflow", ("tensorflow",), "tensorflow"),
+        BackendSpec("mxnet", "d2lx.mxnet", ("mxnet",), "mxnet",
+                    "in an environment of its own: MXNet needs numpy<1.24"),
     )
 }
 
@@ -65,7 +87,7 @@ def _entry_point_specs() -> dict[str, BackendSpec]:
             continue  # built-ins cannot be replaced by a plugin
         module = ep.value.split(":")[0]
         dist = ep.dist.name if ep.dist is not None else module.split(".")[0]
-        specs[ep.name] = BackendSpec(ep.name, module, (module.split(".")[0],), f"pip install {dist}")
+        specs[ep.name] = BackendSpec(ep.name, module, (module.split(".")[0],), plugin_install=f"pip install {dist}")
     return specs
 
 
@@ -120,7 +142,10 @@ def load(name: str | None = None) -> ModuleType:
                 f"backend {key!r} needs {', '.join(spec.frameworks)}, which could not be "
                 f"imported ({exc}); install it with: {spec.install}"
             ) from exc
-        raise
+        raise BackendNotInstalledError(
+            f"backend {key!r} is installed but failed to import ({type(exc).__name__}: {exc}); its "
+            f"installation is broken or of an unsupported version: reinstall it with: {spec.install}"
+        ) from exc
     _loaded[key] = module
     return module
 

@@ -24,6 +24,7 @@ grid point whose loss diverges (``lr`` too large) is recorded with status
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from collections.abc import Iterable, Sequence
@@ -36,7 +37,7 @@ import numpy as np
 from d2lx import registry
 from d2lx.errors import DivergenceError, InvalidArgumentError
 from d2lx.experiment import MODEL_KINDS, SEED_B, SEED_W, run_fit
-from d2lx.progress import ProgressBar, progress_enabled
+from d2lx.progress import progress_bar, progress_enabled
 
 SweepKind = Literal["lr", "epochs", "data"]
 SWEEP_KINDS: tuple[str, ...] = ("lr", "epochs", "data")
@@ -184,14 +185,16 @@ def sweep(
     grid = _grid(kind, values, max_epochs)
     result = SweepResult(kind=kind, backends=names, model=model, noise=noise)
     enabled = progress_enabled(progress)
-    with ProgressBar(len(grid) * len(names), f"sweep {kind}", enabled) as bar:
+    bar = progress_bar(len(grid) * len(names), f"sweep {kind}", enabled, unit="run")
+    with contextlib.closing(bar):
         for name in names:
             for value in grid:
                 point = _run_point(kind, value, name, model=model, seed=seed, lr=lr, epochs=epochs,
                                    steps=steps, num_train=num_train, batch_size=batch_size,
                                    noise=noise, device=device)
                 result.points.append(point)
-                bar.update(1, f"{name} {kind}={value:g} |w err| {point.w_error_norm:.3g}")
+                bar.set_postfix_str(f"{name} {kind}={value:g} |w err| {point.w_error_norm:.3g}", refresh=False)
+                bar.update(1)
     return result
 
 
@@ -241,9 +244,9 @@ def write_csv(result: SweepResult, path: str | Path) -> Path:
 
 def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     """Plot ``||w_hat - w||`` and ``|b_hat - b|`` against the swept value (PNG, Agg)."""
-    from d2lx.plotting import _pyplot
+    from d2lx.plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib import ticker
 
     path = Path(path)

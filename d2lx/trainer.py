@@ -1,44 +1,42 @@
-"""The framework-neutral half of d2l's ``Trainer``.
+"""The framework-neutral ``Trainer``: options, ``fit``, the default ``fit_epoch``, the guard.
 
-The core owns everything that must behave the same on every backend:
-argument checks, device resolution, the epoch loop, history, progress,
-plotting, divergence detection and timing. An adapter subclasses
-:class:`TrainerBase` and supplies the framework parts:
+The core owns the control flow (see :mod:`d2lx.step` for the contract):
+``fit`` prepares data and model, builds the adapter's :class:`~d2lx.step.Step`
+and runs the epochs; the default :meth:`TrainerBase.fit_epoch` iterates the
+loaders (or hands d2lx's own loaders to the step's compiled epoch), records
+the losses the step returns, raises on divergence and validates. A reader's
+d2l-style ``fit_epoch`` (``@d2l.add_to_class(d2l.Trainer)``) replaces the
+default and still gets history, board, divergence stop and checkpoints: its
+``self.plot('loss', ...)`` calls reach :meth:`TrainerBase.observe`.
 
-* ``_native_device(spec)``: the framework's device object (or raise
-  :func:`d2lx.devices.gpu_unavailable`);
-* ``_array_ops()``: an :class:`d2lx.data.ArrayOps` bound to that device;
-* ``_place_model(model, num_inputs)``: build lazy layers, set the seeded
-  initial parameters, move the model to the device;
-* ``fit_epoch()``: one epoch, in the framework's idiom (d2l's method);
-* ``_losses_to_host(values)``: turn a list of device scalars into NumPy in one
-  transfer;
-* ``_is_finite(loss)``: whether one loss value is finite;
-* ``_optimizer_state()`` / ``_load_optimizer_state(state)``: the optimizer's
-  state as NumPy arrays, for framework-free checkpoints (default: none).
-
-Models provide ``get_w_b()`` / ``set_w_b(w, b)`` (NumPy, ``w`` of shape
-``(num_inputs, 1)``, ``b`` of shape ``(1,)``) and ``check_data_shapes``.
+An adapter's ``Trainer`` implements the hooks marked below: devices, array
+primitives, placing the model, building the step, and the optimizer's and
+model's state for checkpoints.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from d2lx import checkpoint
-from d2lx.data import ArrayLoader, ArrayOps, DataModule
+from d2lx import resume
+from d2lx.data import DataModule
 from d2lx.devices import DeviceSpec, resolve_devices
-from d2lx.errors import ArgumentTypeError, CheckpointError, DivergenceError, InvalidArgumentError
+from d2lx.errors import ArgumentTypeError, InvalidArgumentError
+from d2lx.guard import raise_divergence, raise_if_not_finite
 from d2lx.history import History, LossMeter
 from d2lx.hyperparameters import HyperParameters
-from d2lx.progress import ProgressBar, progress_enabled
+from d2lx.loader import ArrayLoader, ArrayOps, Batch, Batches, batch_size_of
+from d2lx.module import ModuleBase
+from d2lx.outputs import check_output_path
+from d2lx.progress import progress_bar, progress_enabled
+from d2lx.step import Step
 from d2lx.validation import check_float, check_int
 
 
@@ -50,305 +48,339 @@ class TrainerBase(HyperParameters):
     * ``device``: ``"cpu"``, ``"gpu"`` or ``"gpu:N"`` (default: ``num_gpus``,
       then ``$D2LX_DEVICE``, then CPU). A missing GPU is an error, never a
       silent CPU run.
-    * ``steps_per_execution``: run this many optimizer steps per compiled call
-      on backends that can fuse steps (like Keras' option of that name);
-      results equal the step-by-step run within float32 tolerance.
-    * ``progress``: ``True``/``False``, or ``None`` for "on in a terminal
-      unless ``$CI`` is set".
-    * ``plot``: a PNG path; the loss curves are written there after ``fit``.
-    * ``check_finite``: stop with :class:`DivergenceError` at the first step
-      whose loss is NaN/inf, before its update (default on).
-    * ``callbacks``: functions called as ``fn(trainer)`` after every epoch
-      (``trainer.epoch`` and ``trainer.history`` are up to date), e.g. to
-      record parameters or stop early by raising.
-    * ``devices`` / ``strategy``: ``devices=N`` with
-      ``strategy="data_parallel"`` splits every global batch across N
-      devices on the framework's own distributed engine and averages the
-      gradients, so the run ends where the one-device run ends
-      (``num_gpus=N`` means ``device="gpu", devices=N``).
+    * ``steps_per_execution``: optimizer steps per compiled call on backends
+      that fuse steps (like Keras' option); results equal step by step.
+    * ``progress``: ``True``/``False``, or ``None``: on in a terminal or
+      notebook unless ``$CI`` is set.
+    * ``plot``: an image path (``.png``, ``.svg``, ``.pdf``); the model's
+      board (d2l's loss curves) is written there after ``fit``.
+    * ``check_finite``: refuse (and stop at) the first step whose loss, or
+      whose updated parameters, are NaN/inf (default on).
+    * ``callbacks``: functions ``fn(trainer)`` called after every epoch.
+    * ``devices`` / ``strategy``: ``devices=N`` splits every global batch
+      across N devices on the framework's own engine (``num_gpus=N`` means
+      ``device="gpu", devices=N``); it ends where one device ends.
     """
 
     backend_name: ClassVar[str] = "?"
-    _recording_paused = False  # set by adapters that record a step's loss themselves
     #: False for adapters without a fused path: they warn that steps_per_execution changes nothing.
     fuses_steps: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        max_epochs: int,
-        num_gpus: int = 0,
-        gradient_clip_val: float = 0,
-        *,
-        device: str | None = None,
-        steps_per_execution: int = 1,
-        progress: bool | None = None,
-        plot: str | Path | None = None,
-        check_finite: bool = True,
-        callbacks: Sequence[Callable[[TrainerBase], None]] = (),
-        devices: int | None = None,
-        strategy: str | None = None,
-    ) -> None:
+    def __init__(self, max_epochs: int, num_gpus: int = 0, gradient_clip_val: float = 0, *,
+                 device: str | None = None, steps_per_execution: int = 1, progress: bool | None = None,
+                 plot: str | Path | None = None, check_finite: bool = True,
+                 callbacks: Sequence[Callable[[TrainerBase], None]] = (), devices: int | None = None,
+                 strategy: str | None = None) -> None:
         self.max_epochs = check_int("max_epochs", max_epochs, minimum=1, example="3")
         self.num_gpus = check_int("num_gpus", num_gpus, minimum=0, example="1")
-        self.gradient_clip_val = check_float(
-            "gradient_clip_val", gradient_clip_val, nonnegative=True, example="1.0"
-        )
-        self.steps_per_execution = check_int(
-            "steps_per_execution", steps_per_execution, minimum=1, example="32"
-        )
+        self.gradient_clip_val = check_float("gradient_clip_val", gradient_clip_val, nonnegative=True,
+                                             float32=True, example="1.0")
+        self.steps_per_execution = check_int("steps_per_execution", steps_per_execution, minimum=1,
+                                             example="32")
         if self.steps_per_execution > 1 and not self.fuses_steps:
-            warnings.warn(
-                f"the {self.backend_name} backend has no fused path: steps_per_execution="
-                f"{self.steps_per_execution} runs ordinary steps, one at a time (same results)",
-                UserWarning, stacklevel=2,
-            )
+            warnings.warn(f"the {self.backend_name} backend has no fused path: steps_per_execution="
+                          f"{self.steps_per_execution} runs ordinary steps, one at a time (same results)",
+                          UserWarning, stacklevel=2)
         if progress is not None and not isinstance(progress, bool):
             raise ArgumentTypeError(f"progress must be True, False or None, got {progress!r}")
-        if plot is not None and not isinstance(plot, (str, Path)):
-            raise ArgumentTypeError(f"plot must be a file path (str or Path), got {plot!r}")
         self.progress = progress
-        self.plot_path = None if plot is None else Path(plot)
+        self.plot_path = None if plot is None else check_output_path("plot", plot, image=True)
         self.check_finite = bool(check_finite)
-        if not all(callable(cb) for cb in callbacks):
+        if isinstance(callbacks, (str, bytes)) or not all(callable(cb) for cb in callbacks):
             raise ArgumentTypeError("callbacks must be a sequence of functions fn(trainer)")
         self.callbacks = list(callbacks)
-        self.hparams = {
-            "max_epochs": self.max_epochs, "num_gpus": self.num_gpus,
-            "gradient_clip_val": self.gradient_clip_val,
-            "steps_per_execution": self.steps_per_execution,
-        }
-        self._train_meter = LossMeter(self._losses_to_host)
-        self._val_meter = LossMeter(self._losses_to_host)
         self.device_specs, self.strategy = resolve_devices(device, self.num_gpus, devices, strategy)
         self.device_spec: DeviceSpec = self.device_specs[0]
-        self.hparams.update(devices=len(self.device_specs), strategy=self.strategy)
+        self.hparams = {"max_epochs": self.max_epochs, "num_gpus": self.num_gpus,
+                        "gradient_clip_val": self.gradient_clip_val,
+                        "steps_per_execution": self.steps_per_execution,
+                        "devices": len(self.device_specs), "strategy": self.strategy}
         self.device = self._native_device(self.device_spec)
         if self.strategy is not None:
             self._setup_data_parallel(self.device_specs)
+        self.gpus = [self.device] if self.device_spec.kind == "gpu" else []
         self.history = History()
         self.model: Any = None
         self.data: DataModule | None = None
         self.optim: Any = None
-        self.epoch = 0
-        self.train_batch_idx = 0
-        self.val_batch_idx = 0
+        self.epoch = self.train_batch_idx = self.val_batch_idx = self.epochs_done = 0
+        self.num_train_batches = self.num_val_batches = 0
         self.fit_seconds = 0.0
-        self.epochs_done = 0
+        self.resumed: dict[str, Any] | None = None
+        self._step: Step | None = None
+        self._observing: list[tuple[str, Any]] | None = None
 
-    # -- adapter hooks -----------------------------------------------------------
+    # -- adapter hooks ------------------------------------------------------------------
     def _native_device(self, spec: DeviceSpec) -> Any:
         raise NotImplementedError
 
     def _array_ops(self) -> ArrayOps:
+        """The :class:`~d2lx.loader.ArrayOps` of this trainer's device (or replicated placement)."""
         raise NotImplementedError
 
     def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
-        """Prepare ``strategy="data_parallel"`` over ``specs`` (adapters that support it)."""
-        raise InvalidArgumentError(
-            f"the {self.backend_name} backend does not support strategy={self.strategy!r} yet; "
-            "train on one device (devices=1)"
-        )
+        raise InvalidArgumentError(f"the {self.backend_name} backend does not support strategy="
+                                   f"{self.strategy!r} yet; train on one device (devices=1)")
+
+    def _check_model(self, model: Any) -> None:
+        """Refuse what is not a d2lx ``Module`` of this backend, with the fix."""
+        if not isinstance(model, ModuleBase):
+            raise ArgumentTypeError(
+                f"fit() trains a d2lx Module, got {type(model).__name__}; subclass "
+                f"d2l.Module of `from d2lx import {self.backend_name} as d2l` for your model")
+
+    def _place_model(self, model: Any, example: Batch) -> None:
+        """Build lazy layers from ``example`` (a real batch on the device) and place the model."""
+        raise NotImplementedError
+
+    def make_step(self) -> Step:
+        """This fit's :class:`~d2lx.step.Step` (after ``configure_optimizers``)."""
+        raise NotImplementedError
+
+    def model_state(self) -> dict[str, np.ndarray]:
+        """Every array of the model's state (parameters, buffers) by name, as NumPy."""
+        raise NotImplementedError
+
+    def load_model_state(self, state: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimizer's arrays by name, as NumPy (plain SGD: none)."""
+        return {}
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`optimizer_state` into the optimizer ``configure_optimizers`` made."""
+
+    def rng_state(self) -> dict[str, np.ndarray]:
+        """The framework's global random generators (what its loaders and dropout draw from)."""
+        return {}
+
+    def load_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`rng_state` (a checkpoint written by this backend)."""
 
     @property
     def is_global_zero(self) -> bool:
         """True in the process that reports and saves (always, unless multi-process)."""
         return True
 
-    def _place_model(self, model: Any, num_inputs: int) -> None:
-        raise NotImplementedError
+    @property
+    def ops(self) -> ArrayOps:
+        ops = self.__dict__.get("_ops")
+        if ops is None:
+            ops = self.__dict__["_ops"] = self._array_ops()
+        return ops
 
-    def _losses_to_host(self, values: list[Any]) -> np.ndarray:
-        return np.array([float(np.asarray(v)) for v in values])
-
-    def _is_finite(self, loss: Any) -> bool:
-        return math.isfinite(float(np.asarray(loss)))
-
-    def fit_epoch(self) -> None:
-        raise NotImplementedError
-
-    def _optimizer_state(self) -> dict[str, np.ndarray]:
-        """The optimizer's state as NumPy arrays, for checkpoints (plain SGD has none)."""
-        return {}
-
-    def _load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`_optimizer_state` returned (after ``configure_optimizers``)."""
-
-    # -- d2l's surface -----------------------------------------------------------
-    def prepare_batch(self, batch: Any) -> Any:
-        """Hook to transform a batch; batches are already on the device."""
-        return batch
+    # -- d2l's surface ----------------------------------------------------------------------
+    def prepare_batch(self, batch: Batch) -> Batch:
+        """Move a batch to the training device (d2l's hook; a no-op for d2lx's own loaders)."""
+        return tuple(self.ops.to_device(a) for a in batch)
 
     def prepare_data(self, data: DataModule) -> None:
-        """Bind ``data`` to this trainer's device and build the loaders (one copy each)."""
+        """Bind ``data`` to the device and take its loaders (any re-iterable of batches)."""
         if not isinstance(data, DataModule):
-            raise ArgumentTypeError(
-                f"fit() expects a d2lx DataModule as data, got {type(data).__name__}; "
-                "wrap arrays with d2lx.ArrayData(X, y)"
-            )
-        data.bind(self._array_ops())
+            raise ArgumentTypeError(f"fit() expects a d2lx DataModule as data, got {type(data).__name__}; "
+                                    "wrap arrays with d2lx.ArrayData(X, y)")
+        data.bind(self.ops)
         self.data = data
-        self.train_dataloader: ArrayLoader = data.train_dataloader()
-        self.val_dataloader: ArrayLoader | None = data.val_dataloader()
-        self.num_train_batches = len(self.train_dataloader)
-        self.num_val_batches = 0 if self.val_dataloader is None else len(self.val_dataloader)
-        X, y = self.train_dataloader.tensors[0], self.train_dataloader.tensors[-1]
-        self._data_shapes = (tuple(X.shape), tuple(y.shape))
+        self.train_dataloader = _loader(data.train_dataloader(), "training", data.train_dataloader)
+        val = data.val_dataloader()
+        self.val_dataloader = None if val is None else _loader(val, "validation", data.val_dataloader)
+        self.num_train_batches = _length(self.train_dataloader) or 0
+        self.num_val_batches = 0 if self.val_dataloader is None else (_length(self.val_dataloader) or 0)
+        self._example = _first_batch(self.train_dataloader)
+        if self.val_dataloader is not None:
+            _check_same_features(self._example, _first_batch(self.val_dataloader))
 
     def prepare_model(self, model: Any) -> None:
-        """Attach the model, check it against the data, place it on the device."""
+        """Attach the model, check it against the data, build it and place it on the device."""
+        self._check_model(model)
         model.trainer = self
         self.model = model
-        X_shape, y_shape = self._data_shapes
+        board = model.board
+        board.clear()
+        board.xlabel, board.xlim = "epoch", [0, self.max_epochs]
         check = getattr(model, "check_data_shapes", None)
-        if check is not None:
-            check(X_shape, y_shape)
-        self._place_model(model, int(X_shape[1]) if len(X_shape) > 1 else 1)
+        if check is not None:  # the whole data set's shapes where d2lx holds it, else a batch's
+            arrays = getattr(self.train_dataloader, "tensors", self._example)
+            check(tuple(arrays[0].shape), tuple(arrays[-1].shape))
+        self._place_model(model, self.prepare_batch(self._example))
 
     def fit(self, model: Any, data: DataModule, ckpt_path: str | Path | None = None) -> History:
         """Train ``model`` on ``data`` for ``max_epochs`` epochs; return the history.
 
-        With ``ckpt_path`` (a file from :meth:`save_checkpoint`), training
-        resumes where that checkpoint stopped: same parameters, optimizer
-        state, epoch, step, shuffling order and history, so the result equals
-        an uninterrupted run.
+        With ``ckpt_path`` (a file from :meth:`save_checkpoint`) training
+        resumes where that checkpoint stopped: parameters, optimizer state,
+        epoch, step, shuffling and history, so the result equals an
+        uninterrupted run.
         """
         start = time.perf_counter()
         self.prepare_data(data)
         self.prepare_model(model)
         self.optim = model.configure_optimizers()
-        self.epoch = 0
-        self.train_batch_idx = 0
-        self.val_batch_idx = 0
-        self.epochs_done = 0
+        self.epoch = self.train_batch_idx = self.val_batch_idx = self.epochs_done = 0
         self.history = History()
+        self.resumed = None
         if ckpt_path is not None:
-            self._restore(checkpoint.load(ckpt_path), ckpt_path)
-        self._run_epochs(first_epoch=self.epochs_done)
-        self.fit_seconds = time.perf_counter() - start
-        if self.plot_path is not None:
+            resume.restore(self, ckpt_path)
+        self._step = self.make_step()
+        self._train_meter = LossMeter(self.ops.to_host)
+        self._val_meter = LossMeter(self.ops.to_host)
+        try:
+            self._run_epochs()
+        finally:
+            self.fit_seconds = time.perf_counter() - start
+            model.board.flush()
+        if self.plot_path is not None and self.is_global_zero:
             self.plot(self.plot_path)
         return self.history
 
-    def _run_epochs(self, first_epoch: int) -> None:
+    def _run_epochs(self) -> None:
         enabled = progress_enabled(self.progress) and self.is_global_zero
-        label = f"{self.backend_name} fit"
-        with ProgressBar(self.max_epochs, label, enabled) as bar:
-            bar.update(first_epoch)
-            for epoch in range(first_epoch, self.max_epochs):
+        bar = progress_bar(self.max_epochs, f"{self.backend_name} fit", enabled, initial=self.epochs_done)
+        with contextlib.closing(bar):
+            for epoch in range(self.epochs_done, self.max_epochs):
                 self.epoch = epoch
-                epoch_start = time.perf_counter()
+                epoch_start, first_step = time.perf_counter(), self.train_batch_idx
                 self._train_meter.reset()
                 self._val_meter.reset()
+                self._board_fed = False
                 self.fit_epoch()
+                train = self._train_meter.host_values()
+                val = self._val_meter.host_values()
+                if self.check_finite:
+                    raise_if_not_finite(self, val, train)
+                if not self._board_fed:
+                    self._feed_board(train, val, first_step)
                 train_loss = self._train_meter.mean(weighted=False)
                 val_loss = self._val_meter.mean(weighted=True)
-                self.history.append(self.epoch, train_loss, val_loss,
-                                    time.perf_counter() - epoch_start)
+                self.history.append(epoch, train_loss, val_loss, time.perf_counter() - epoch_start)
                 self.epochs_done = epoch + 1
-                bar.update(1, f"train {train_loss:.4g} val {val_loss:.4g}")
+                bar.set_postfix_str(f"train {train_loss:.4g} val {val_loss:.4g}", refresh=False)
+                bar.update(1)
                 for callback in self.callbacks:
                     callback(self)
 
-    # -- loss recording and divergence --------------------------------------------
-    def record_loss(self, value: Any, train: bool, count: int) -> None:
-        """Called by ``Module.log``: keep the loss; stop at once if it is not finite."""
-        if self._recording_paused:
+    def fit_epoch(self) -> None:
+        """One epoch: the step's compiled epoch if it has one, else step by step; then validation."""
+        step = self._step
+        assert step is not None, "fit() builds the step first"
+        step.begin_epoch()
+        first = self.train_batch_idx
+        train, val = self.train_dataloader, self.val_dataloader
+        if isinstance(train, ArrayLoader) and (val is None or isinstance(val, ArrayLoader)):
+            result = step.run_epoch(train, val, self.steps_per_execution)
+            if result is not None:
+                self._train_meter.add_many(result.train_losses, train.batch_sizes()[:len(result.train_losses)])
+                if result.divergence is not None:
+                    raise_divergence(self, first, result.divergence)
+                self.train_batch_idx += len(train)
+                if val is not None and result.val_losses is not None:
+                    self._val_meter.add_many(result.val_losses, val.batch_sizes())
+                    self.val_batch_idx += len(val)
+                return
+        step.set_training(True)
+        for batch in train:
+            batch = self.prepare_batch(batch)
+            self._train_meter.add(step.train(batch), batch_size_of(batch))
+            if step.host_guard:
+                self._check(step, first)
+            self.train_batch_idx += 1
+        self._check(step, first, end_of_epoch=True)
+        self.num_train_batches = _length(train) or self.train_batch_idx - first
+        if val is None:
             return
-        if train:
-            if self.check_finite and not self._is_finite(value):
-                self.raise_divergence(self.epoch, self.train_batch_idx)
-            self._train_meter.add(value, count)
-        else:
-            self._val_meter.add(value, count)
+        step.set_training(False)
+        for batch in val:
+            batch = self.prepare_batch(batch)
+            self._val_meter.add(step.evaluate(batch), batch_size_of(batch))
+            self.val_batch_idx += 1
+        self.num_val_batches = _length(val) or self.num_val_batches
 
-    def raise_divergence(self, epoch: int, step: int) -> None:
-        """Raise the one error for a NaN/inf loss (shared wording for all adapters)."""
-        raise DivergenceError(
-            f"training diverged: the loss became NaN or inf at epoch {epoch}, step {step}; "
-            "the update of that step was not applied, so the model keeps the last finite "
-            "parameters. Lower the learning rate (lr) or set gradient_clip_val, and check "
-            "the data scale",
-            epoch=epoch,
-            step=step,
-        )
+    def _check(self, step: Step, first: int, end_of_epoch: bool = False) -> None:
+        divergence = step.divergence(end_of_epoch)
+        if divergence is not None:
+            raise_divergence(self, first, divergence)
 
-    # -- checkpoints -------------------------------------------------------------------
-    def save_checkpoint(self, path: str | Path) -> Path:
-        """Write parameters, optimizer state, epoch, step, RNG state and hyperparameters.
+    # -- what a model's plot() reports ----------------------------------------------------------
+    @contextlib.contextmanager
+    def observing(self) -> Iterator[list[tuple[str, Any]]]:
+        """Collect the ``plot`` calls of one step (d2lx's loop records the returned loss instead)."""
+        previous, self._observing = self._observing, []
+        try:
+            yield self._observing
+        finally:
+            self._observing = previous
 
-        The file is framework-free (``.npz``) and written atomically; see
-        :mod:`d2lx.checkpoint`. Call it after ``fit`` or from a callback
-        (:class:`d2lx.checkpoint.ModelCheckpoint` saves after every epoch).
+    def observe(self, model: Any, key: str, value: Any, train: bool) -> None:
+        """A model's ``self.plot(key, value, train)``: d2l's board, and the loss for the history.
+
+        Inside d2lx's loop the value is only collected (:meth:`observing`).
+        From a reader's own ``fit_epoch`` it is recorded: a training loss
+        that is not finite stops the run here, before the step's update.
         """
-        if self.model is None or self.data is None:
-            raise InvalidArgumentError("nothing to save yet: call fit(model, data) first")
-        w, b = self.model.get_w_b()
-        meta = {
-            "backend": self.backend_name,
-            "model": type(self.model).__name__,
-            "model_hparams": getattr(self.model, "hparams", {}),
-            "data_hparams": getattr(self.data, "hparams", {}),
-            "trainer_hparams": self.hparams,
-            "epoch": self.epochs_done,
-            "step": self.train_batch_idx,
-            "val_step": self.val_batch_idx,
-            "seed": getattr(self.data, "seed", None),
-            "shuffle_rng": self.data.shuffle_rng.bit_generator.state,
-            "history": self.history.as_dict(),
-            "d2lx_version": _version(),
-        }
-        ckpt = checkpoint.Checkpoint(params={"w": w, "b": b}, optimizer=self._optimizer_state(), meta=meta)
-        return checkpoint.save(path, ckpt)
-
-    def _restore(self, ckpt: checkpoint.Checkpoint, path: str | Path) -> None:
-        """Load ``ckpt`` into the prepared model, optimizer, data stream and counters."""
-        kind = type(self.model).__name__
-        if ckpt.meta.get("model") != kind:
-            raise CheckpointError(
-                f"{path} holds a {ckpt.meta.get('model')} but the model is a {kind}; "
-                f"resume with a {ckpt.meta.get('model')} or start without ckpt_path"
-            )
-        w_now, _ = self.model.get_w_b()
-        if ckpt.params["w"].shape != w_now.shape:
-            raise CheckpointError(
-                f"{path} holds w of shape {ckpt.params['w'].shape} but the model's is "
-                f"{w_now.shape}; use data and model of the same width"
-            )
-        self.model.set_w_b(ckpt.params["w"], ckpt.params["b"])
-        writer = ckpt.meta.get("backend")
-        if ckpt.optimizer and writer != self.backend_name:
-            # Optimizer state is the writer framework's own layout (Keras' SGD
-            # keeps an iteration counter, optax's sgd keeps nothing, ...), so it
-            # cannot be mapped onto another framework's optimizer. Say so.
-            warnings.warn(
-                f"{path} was written by the {writer} backend; its optimizer state "
-                f"({', '.join(sorted(ckpt.optimizer))}) does not apply to {self.backend_name}'s "
-                "optimizer and is not loaded (parameters, epoch, step, shuffling and history are). "
-                "Plain SGD keeps no state that changes the updates; an optimizer with momentum "
-                "restarts it",
-                UserWarning, stacklevel=3,
-            )
+        if self._observing is not None:
+            self._observing.append((key, value))
+            return
+        if key == "loss":
+            if train and self.check_finite:
+                raise_if_not_finite(self, None, [value])
+            (self._train_meter if train else self._val_meter).add(value, 1)
+        self._board_fed = True
+        n = self.num_train_batches or 1
+        if train:
+            x, every = self.train_batch_idx / n, n / model.plot_train_per_epoch
         else:
-            self._load_optimizer_state(ckpt.optimizer)
-        assert self.data is not None
-        self.data.shuffle_rng.bit_generator.state = ckpt.meta["shuffle_rng"]
-        self.epochs_done = self.epoch = ckpt.epoch
-        self.train_batch_idx = ckpt.step
-        self.val_batch_idx = int(ckpt.meta.get("val_step", 0))
-        saved = ckpt.meta.get("history", {})
-        for i in range(len(saved.get("epoch", []))):
-            self.history.append(saved["epoch"][i], saved["train_loss"][i], saved["val_loss"][i],
-                                saved["seconds"][i])
+            x, every = self.epoch + 1, (self.num_val_batches or 1) / model.plot_valid_per_epoch
+        model.board.draw(x, value, ("train_" if train else "val_") + key, every_n=max(1, int(every)))
 
-    # -- results ---------------------------------------------------------------------
+    def _feed_board(self, train: np.ndarray, val: np.ndarray, first_step: int) -> None:
+        """Draw an epoch's losses on the model's board at d2l's positions, from host values."""
+        model, board = self.model, self.model.board
+        n = self.num_train_batches or max(1, len(train))
+        every = max(1, int(n / model.plot_train_per_epoch))
+        for i, value in enumerate(train):
+            board.draw((first_step + i) / n, float(value), "train_loss", every_n=every)
+        every = max(1, int(max(1, len(val)) / model.plot_valid_per_epoch))
+        for value in val:
+            board.draw(self.epoch + 1, float(value), "val_loss", every_n=every)
+
+    # -- checkpoints and results --------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write the run's whole state to ``path`` (safetensors, atomic); see :mod:`d2lx.checkpoint`."""
+        return resume.save_trainer(self, path)
+
     def plot(self, path: str | Path) -> Path:
-        """Write the loss curves of the last ``fit`` to ``path`` (PNG)."""
-        from d2lx.plotting import plot_history
+        """Write the model's board (d2l's loss curves of the last ``fit``) to ``path``."""
+        from d2lx.outputs import write_figure
 
-        return plot_history(self.history, path, title=f"{self.backend_name}, {self.device_spec}")
+        model = self.model
+        if model is None:
+            raise InvalidArgumentError("nothing to plot yet: call fit(model, data) first")
+        lr = getattr(model, "lr", None)
+        title = f"{type(model).__name__}" + (f", lr={lr:g}" if isinstance(lr, (int, float)) else "")
+        title += f" · {self.backend_name}, {', '.join(str(s) for s in self.device_specs)}"
+        return write_figure(lambda tmp, fmt: model.board.save(tmp, title=title, format=fmt), path)
 
 
-def _version() -> str:
-    from d2lx import __version__
+def _loader(loader: Any, split: str, refresh: Callable[[], Any]) -> Any:
+    return loader if isinstance(loader, ArrayLoader) else Batches(loader, split, refresh)
 
-    return __version__
+
+def _length(loader: Any) -> int | None:
+    return len(loader) if isinstance(loader, ArrayLoader) else loader.known_length()
+
+
+def _first_batch(loader: Any) -> Batch:
+    if isinstance(loader, ArrayLoader):
+        return tuple(t[:1] for t in loader.tensors)
+    return tuple(loader.peek())
+
+
+def _check_same_features(train: Batch, val: Batch) -> None:
+    from d2lx.errors import ShapeMismatchError
+
+    for i, (a, b) in enumerate(zip(train, val)):
+        if tuple(a.shape[1:]) != tuple(b.shape[1:]):
+            raise ShapeMismatchError(
+                f"validation array {i} has rows of shape {tuple(b.shape[1:])} but training array {i} "
+                f"has {tuple(a.shape[1:])}; give both sets the same features")

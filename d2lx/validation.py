@@ -35,15 +35,24 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, example: str
     return value
 
 
+#: The largest finite float32: every backend computes in float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_float(
     name: str,
     value: Any,
     *,
     positive: bool = False,
     nonnegative: bool = False,
+    float32: bool = False,
     example: str = "0.03",
 ) -> float:
-    """Return ``value`` as a finite ``float``; optionally require > 0 or >= 0."""
+    """Return ``value`` as a finite ``float``; optionally require > 0 or >= 0.
+
+    ``float32=True`` also refuses magnitudes beyond float32's range (3.4e38):
+    a learning rate of 1e39 becomes ``inf`` in every framework's float32 step.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         # NumPy / framework 0-d arrays are accepted if they convert cleanly.
         try:
@@ -60,6 +69,11 @@ def check_float(
         raise InvalidArgumentError(f"{name} must be > 0, got {value}; pass e.g. {name}={example}")
     if nonnegative and value < 0:
         raise InvalidArgumentError(f"{name} must be >= 0, got {value}; pass e.g. {name}={example}")
+    if float32 and abs(value) > FLOAT32_MAX:
+        raise InvalidArgumentError(
+            f"{name}={value:g} is beyond float32's range (about 3.4e38), in which every backend "
+            f"computes; pass e.g. {name}={example}"
+        )
     return value
 
 
@@ -73,3 +87,49 @@ def check_finite_array(name: str, array: np.ndarray) -> None:
             f"{name} contains {len(bad)} non-finite value(s) (NaN or inf), first at index "
             f"{first}; clean or impute the data (e.g. np.nan_to_num) before training"
         )
+
+
+def as_float_array(name: str, value: Any, *, example: str) -> np.ndarray:
+    """``value`` (a list, NumPy or any framework's array) as a finite float32 NumPy array.
+
+    Refuses, with one clear message each, what would otherwise fail deep in a
+    framework or silently change the data: ``None``, text, objects, complex
+    numbers (the imaginary part would be dropped), NaN/inf, and values beyond
+    float32's range (they would become inf on the device).
+    """
+    from d2lx.loader import to_numpy  # local: loader imports this module's errors only
+
+    if value is None:
+        raise ArgumentTypeError(f"{name} is None; pass numbers, e.g. {name}={example}")
+    try:
+        array = to_numpy(value)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentTypeError(f"{name} could not be read as numbers ({exc}); pass e.g. {name}={example}") from None
+    if array.dtype.kind == "V":  # ml_dtypes' bfloat16 and friends (JAX): floats NumPy can widen
+        try:
+            array = array.astype(np.float32)
+        except (TypeError, ValueError):
+            pass
+    if array.dtype.kind in "OUSVMm":
+        raise ArgumentTypeError(
+            f"{name} must hold numbers, got an array of {array.dtype} "
+            f"({type(value).__name__}); pass e.g. {name}={example}"
+        )
+    if array.dtype.kind == "c":
+        raise ArgumentTypeError(
+            f"{name} holds complex numbers, which real-valued training would silently truncate; "
+            f"pass the real part (np.real) or split real and imaginary parts into features"
+        )
+    if array.dtype.kind != "f":
+        array = array.astype(np.float64)  # integers and booleans: exact in float64
+    check_finite_array(name, array)
+    if array.dtype.itemsize > 4:  # float32 values cannot exceed float32's range; wider ones can
+        too_large = np.abs(array) > FLOAT32_MAX
+        if too_large.any():
+            first = tuple(int(i) for i in np.argwhere(too_large)[0])
+            raise InvalidArgumentError(
+                f"{name} has {int(too_large.sum())} value(s) beyond float32's range (about 3.4e38), "
+                f"first at index {first}; every backend computes in float32, where they would be inf: "
+                "rescale the data"
+            )
+    return array.astype(np.float32, copy=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -49,25 +50,38 @@ def test_unknown_backend_lists_the_known_ones(monkeypatch: pytest.MonkeyPatch) -
         registry.current_backend_name()
 
 
-def test_missing_framework_names_the_install_command() -> None:
-    # Run in a subprocess whose import system pretends the framework is absent.
-    code = textwrap.dedent(
-        """
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split('.')[0] == 'torch':
-                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        sys.meta_path.insert(0, Block())
-        import d2lx
-        try:
-            from d2lx import torch as d2l
-        except d2lx.BackendNotInstalledError as e:
-            print(e)
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert 'pip install "d2lx[torch]"' in out.stdout, out.stdout + out.stderr
+_BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    sys.path.insert(0, sys.argv[1])
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split('.')[0] == 'torch':
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    sys.meta_path.insert(0, Block())
+    import d2lx
+    try:
+        from d2lx import torch as d2l
+    except d2lx.BackendNotInstalledError as e:
+        print(e)
+    """
+)
+
+
+def test_missing_framework_names_the_checkout_install_command() -> None:
+    # d2lx is not on the package index: from a checkout, the working command uses its pin file.
+    root = Path(d2lx.__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", _BLOCK_TORCH, str(root)], capture_output=True, text=True,
+                         check=False, cwd=root)
+    assert 'install it with: pip install -r backends/torch.txt -e ".[torch]"' in out.stdout, out.stdout + out.stderr
+
+
+def test_missing_framework_names_the_extra_for_an_installed_d2lx(tmp_path: Path) -> None:
+    # An installed d2lx (a wheel) has no pin files beside it: the extra is the command.
+    shutil.copytree(Path(d2lx.__file__).resolve().parent, tmp_path / "d2lx")
+    out = subprocess.run([sys.executable, "-c", _BLOCK_TORCH, str(tmp_path)], capture_output=True, text=True,
+                         check=False, cwd=tmp_path)
+    assert 'install it with: pip install "d2lx[torch]"' in out.stdout, out.stdout + out.stderr
 
 
 def test_entry_point_plugin_is_registered_and_loaded(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def test_epochs_sweep_runs_1_to_n_and_improves(backend_name: str, capsys: pytest
     assert [p.steps for p in result.points] == [32, 64, 96]  # 1000 examples, batches of 32
     errors = [p.w_error_norm for p in result.points]
     assert errors[2] < errors[0]
-    assert "sweep epochs [" in capsys.readouterr().err  # the grid's progress bar
+    assert "sweep epochs:" in capsys.readouterr().err  # the grid's progress bar (tqdm)
 
 
 def test_backends_are_canonical_and_not_repeated(backend_name: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +62,13 @@ def test_a_save_killed_midway_leaves_the_old_checkpoint_intact(
     path = trainer.save_checkpoint(tmp_path / "c.npz")
     before = path.read_bytes()
 
-    def dies_halfway(handle, **arrays):  # type: ignore[no-untyped-def]
-        handle.write(b"PK\x03\x04 half a zip")
+    def dies_halfway(tensors, filename, metadata=None):  # type: ignore[no-untyped-def]
+        Path(filename).write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00 half a file")
         raise KeyboardInterrupt  # the process is killed mid-write
 
-    monkeypatch.setattr(np, "savez", dies_halfway)
+    import safetensors.numpy
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint(path)
     assert path.read_bytes() == before
@@ -75,10 +76,10 @@ def test_a_save_killed_midway_leaves_the_old_checkpoint_intact(
     checkpoint.load(path)
 
 
-def test_truncated_foreign_and_missing_files_are_refused(tmp_path: Path) -> None:
-    good = checkpoint.save(tmp_path / "good.npz", checkpoint.Checkpoint(
-        params={"w": np.zeros((2, 1), np.float32), "b": np.zeros(1, np.float32)},
-        meta={"epoch": 1, "step": 2}))
+def test_truncated_foreign_and_missing_files_are_refused(d2l: Any, tmp_path: Path) -> None:
+    trainer = d2l.Trainer(max_epochs=1, progress=False)
+    trainer.fit(d2l.LinearRegressionScratch(2, lr=0.03), _data())
+    good = trainer.save_checkpoint(tmp_path / "good.safetensors")
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     foreign = tmp_path / "foreign.npz"
@@ -93,7 +94,11 @@ def test_truncated_foreign_and_missing_files_are_refused(tmp_path: Path) -> None
         checkpoint.load(garbage)
     with pytest.raises(d2lx.CheckpointError, match="no checkpoint at"):
         checkpoint.load(tmp_path / "missing.npz")
-    assert zipfile.is_zipfile(good) and checkpoint.load(good).step == 2
+    # The format is safetensors (issue #14): plain safetensors reads it, and d2lx reads it back.
+    import safetensors.numpy
+
+    plain = safetensors.numpy.load_file(good)
+    assert plain["model/w"].shape == (2, 1) and checkpoint.load(good).step == 13
 
 
 def test_resuming_into_another_kind_of_model_is_refused(d2l: Any, tmp_path: Path) -> None:

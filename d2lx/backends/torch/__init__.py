@@ -1,24 +1,21 @@
-"""The PyTorch backend: ``from d2lx import torch as d2l``.
+"""The PyTorch backend package: the adapter behind ``import d2lx.torch as d2l``.
 
 ``Module`` is a ``torch.nn.Module``; the concise model uses ``nn.LazyLinear``,
 ``nn.MSELoss`` and ``torch.optim.SGD``; the scratch model uses explicit
-``requires_grad`` tensors and the hand-written :class:`SGD` of d2l 3.4.
+parameters and the hand-written :class:`~d2lx.backends.torch.models.SGD` of
+d2l 3.4. ``NAMESPACE`` is what the reader's namespace holds.
 """
 
 from __future__ import annotations
 
 import torch as _torch
-import torch._dynamo  # see below
+import torch._dynamo  # noqa: F401  # torch.optim imports it lazily (~1.7 s); pay it at import, not in fit
 
-# torch.optim's constructors import torch._dynamo lazily (about 1.7 s on a
-# 2-core CPU). Importing it with the backend keeps that one-off cost out of
-# the first Trainer.fit and out of every fit timing.
+from d2lx import namespace as _namespace
+from d2lx.backends.torch import ops as _ops
 from d2lx.backends.torch.models import SGD, LinearRegression, LinearRegressionScratch
 from d2lx.backends.torch.module import Module
-from d2lx.backends.torch.ops import TorchOps
 from d2lx.backends.torch.trainer import Trainer
-from d2lx.data import ArrayData, DataModule, SyntheticRegressionData
-from d2lx.hyperparameters import HyperParameters, add_to_class
 
 BACKEND = "torch"
 
@@ -32,23 +29,13 @@ def list_devices() -> list[str]:
     return ["cpu"] + [f"gpu:{i}" for i in range(_torch.cuda.device_count())]
 
 
-def default_array_ops() -> TorchOps:
-    return TorchOps(_torch.device("cpu"))
+def default_array_ops() -> _ops.TorchOps:
+    return _ops.TorchOps(_torch.device("cpu"))
 
 
-__all__ = [
-    "BACKEND",
-    "SGD",
-    "ArrayData",
-    "DataModule",
-    "HyperParameters",
-    "LinearRegression",
-    "LinearRegressionScratch",
-    "Module",
-    "SyntheticRegressionData",
-    "Trainer",
-    "add_to_class",
-    "default_array_ops",
-    "framework_version",
-    "list_devices",
-]
+NAMESPACE = _namespace.contents(
+    backend=BACKEND, aliases=_ops.ALIASES, cpu=_ops.cpu, gpu=_ops.gpu, num_gpus=_ops.num_gpus,
+    default_array_ops=default_array_ops, framework_version=framework_version, list_devices=list_devices,
+    classes={"Module": Module, "Trainer": Trainer, "LinearRegressionScratch": LinearRegressionScratch,
+             "LinearRegression": LinearRegression, "SGD": SGD},
+)

@@ -8,38 +8,46 @@ global batch (:func:`d2lx.data.shard_slices`). The step runs through
 *averages* the gradients. Shards may differ in size by one example, so each
 process scales its shard's mean loss by ``shard * world / batch``: the average
 of those gradients is exactly the gradient of the global batch's mean loss,
-and N-process training ends where one-process training ends.
+and N-process training ends where one-process training ends. The global
+batch's loss is one all-reduce of the processes' shares per step, read once
+on every process, so all of them stop at the same step if it is not finite.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from d2lx.backends.torch.step import TorchStep
 from d2lx.data import check_shardable, shard_slices
 from d2lx.devices import DeviceSpec
 from d2lx.errors import InvalidArgumentError
+from d2lx.loader import Batch
 
 
 class _TrainingStep(nn.Module):
     """Routes ``model.training_step`` through DDP's forward, so a user's step is kept."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, trainer: Any) -> None:
         super().__init__()
         self.model = model
+        self.trainer = trainer
 
-    def forward(self, batch: tuple[torch.Tensor, ...]) -> Any:
-        return self.model.training_step(batch)
+    def forward(self, batch: Batch) -> Any:
+        from d2lx.step import step_loss
+
+        with self.trainer.observing() as seen:
+            return step_loss(self.model.training_step(batch), seen, "training_step")
 
 
 class DataParallel:
-    """The process group, this process's rank and device, and the DDP-wrapped step."""
+    """The process group, this process's rank and device, and the batch split."""
 
     def __init__(self, specs: list[DeviceSpec]) -> None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -48,36 +56,42 @@ class DataParallel:
                 f"strategy='data_parallel' with devices={len(specs)} on torch runs one process per "
                 f"device, but this is {world} process(es); start it with "
                 f"`torchrun --nproc_per_node={len(specs)} your_script.py` "
-                f"or `d2lx fit --devices {len(specs)}`"
-            )
+                f"or `d2lx fit --devices {len(specs)}`")
         self.world = world
         self.rank = int(os.environ["RANK"])
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
         self.spec = specs[self.local_rank % len(specs)]
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.spec.kind == "gpu" else "gloo")
-        self.step_module: DistributedDataParallel | None = None
-
-    def wrap(self, model: nn.Module, device: torch.device) -> None:
-        ids = [device.index] if device.type == "cuda" else None
-        self.step_module = DistributedDataParallel(_TrainingStep(model), device_ids=ids)
 
     def check_batches(self, num_examples: int, batch_size: int) -> None:
         """Refuse batches that would leave a device without examples."""
         check_shardable(num_examples, batch_size, self.world)
 
-    def shard(self, batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], float]:
+    def shard(self, batch: Batch) -> tuple[Batch, float]:
         n = int(batch[-1].shape[0])
         part = shard_slices(n, self.world)[self.rank]
         weight = (part.stop - part.start) * self.world / n
         return tuple(t[part] for t in batch), weight
 
-    def all_finite(self, loss: torch.Tensor) -> bool:
-        """One collective per step, so every process stops at the same step."""
-        flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
 
-    def sum_over_processes(self, values: torch.Tensor) -> np.ndarray:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values.double().cpu().numpy()
+class DataParallelStep(TorchStep):
+    """:class:`~d2lx.backends.torch.step.TorchStep` on this process's shard, through DDP."""
+
+    def __init__(self, trainer: Any, dp: DataParallel) -> None:
+        super().__init__(trainer)
+        self.dp = dp
+        ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(_TrainingStep(self.model, trainer), device_ids=ids)
+
+    def train(self, batch: Batch) -> torch.Tensor:
+        shard, weight = self.dp.shard(batch)
+        loss = self.ddp(shard) * weight
+        share = loss.detach() / self.dp.world
+        dist.all_reduce(share, op=dist.ReduceOp.SUM)  # the global batch's mean loss, on every process
+        if self.check and not math.isfinite(share.item()):
+            self._refuse(batch)
+            return share
+        self.update(loss)
+        self._applied += 1
+        return share

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -9,29 +12,53 @@ from torch import nn
 from d2lx.module import ModuleBase
 
 
-class Module(ModuleBase, nn.Module):
-    """Base class of models: ``nn.Module`` + ``training_step``/``validation_step``...
+def trainable_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """What an update changes: parameters that require grad, and plain ``requires_grad`` tensors.
 
-    Two hooks let the trainer treat any model alike: :meth:`param_tensors`
-    (what gradient clipping and checkpoints act on; plain ``requires_grad``
-    tensors of a scratch model are not ``nn.Parameter``s) and
-    :meth:`materialize` (build lazy layers, move to the device).
+    d2l's scratch models keep ``self.w = torch.normal(..., requires_grad=True)``,
+    a tensor attribute that ``parameters()`` does not list.
     """
+    found = [p for p in model.parameters() if p.requires_grad]
+    seen = {id(p) for p in found}
+    for value in vars(model).values():
+        if isinstance(value, torch.Tensor) and value.requires_grad and id(value) not in seen:
+            found.append(value)
+            seen.add(id(value))
+    return found
+
+
+class Module(ModuleBase, nn.Module):
+    """Base class of models: ``nn.Module`` + d2l's ``training_step``, ``plot``, ``board``..."""
 
     def __init__(self, plot_train_per_epoch: int = 2, plot_valid_per_epoch: int = 1) -> None:
         nn.Module.__init__(self)
         self.save_hyperparameters()
 
-    def param_tensors(self) -> list[torch.Tensor]:
-        return [p for p in self.parameters() if p.requires_grad]
+    def apply_init(self, inputs: Sequence[Any], init: Any = None) -> None:
+        """d2l 6.4: build lazy layers with one forward pass on ``inputs``, then apply ``init`` to ``self.net``."""
+        self.forward(*inputs)
+        if init is not None:
+            self.net.apply(init)
 
-    def materialize(self, num_inputs: int, device: torch.device) -> None:
+    def materialize(self, example: Sequence[Any], device: torch.device) -> None:
+        """Move the model to ``device``; build lazy layers from a real batch's inputs.
+
+        A d2l-style scratch model's ``requires_grad`` tensor attributes are
+        moved too (``Module.to`` only moves parameters and buffers); the
+        optimizer is made after this, so it holds the moved tensors.
+        """
         self.to(device)
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor) and value.requires_grad and value.device != device:
+                setattr(self, name, value.detach().to(device).requires_grad_(True))
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters()):
+            with torch.no_grad():
+                self(*example[:-1])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Forward a NumPy batch on the model's device; return NumPy (framework-free)."""
-        params = self.param_tensors()
-        device = params[0].device if params else torch.device("cpu")
+        """The model's output for a NumPy batch, as NumPy float32 (framework-free)."""
+        tensors = trainable_tensors(self)
+        device = tensors[0].device if tensors else torch.device("cpu")
         with torch.no_grad():
             out = self(torch.as_tensor(np.asarray(X, dtype=np.float32), device=device))
-        return out.detach().cpu().numpy()
+        return np.asarray(out.detach().cpu().numpy(), dtype=np.float32)

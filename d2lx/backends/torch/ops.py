@@ -1,13 +1,20 @@
-"""PyTorch array primitives for the core loader (see ``d2lx.data.ArrayOps``)."""
+"""PyTorch arrays and devices: the core's array primitives, d2l's alias table, ``cpu``/``gpu``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
+from torch import nn
+
+from d2lx.helpers import method
+from d2lx.loader import host_array, to_numpy
 
 
 class TorchOps:
-    """Creates tensors on one ``torch.device``; gathers rows with ``index_select``."""
+    """:class:`d2lx.loader.ArrayOps` on one ``torch.device``; rows are gathered with ``index_select``."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -21,3 +28,50 @@ class TorchOps:
 
     def take(self, array: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return array.index_select(0, indices)
+
+    def to_device(self, value: Any) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value if value.device == self.device else value.to(self.device, non_blocking=True)
+        return torch.as_tensor(host_array(value), device=self.device)
+
+    def to_host(self, values: Sequence[Any]) -> np.ndarray:
+        flat = [v.detach().reshape(-1) if isinstance(v, torch.Tensor) else torch.as_tensor(v).reshape(-1)
+                for v in values]
+        return torch.cat(flat).double().cpu().numpy()
+
+
+def cpu() -> torch.device:
+    """The CPU device."""
+    return torch.device("cpu")
+
+
+def gpu(i: int = 0) -> torch.device:
+    """GPU ``i`` (``cuda:i``)."""
+    return torch.device(f"cuda:{i}")
+
+
+def num_gpus() -> int:
+    """The number of GPUs torch can use."""
+    return torch.cuda.device_count()
+
+
+def _numpy(x: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+    """A NumPy copy (or view) of a tensor, from any device (d2l: ``x.detach().numpy()``)."""
+    return to_numpy(x)
+
+
+#: d2l 1.0.3's alias table for PyTorch: the same names, the same meaning.
+ALIASES: dict[str, Any] = {
+    "nn_Module": nn.Module,
+    "ones_like": torch.ones_like, "ones": torch.ones, "zeros_like": torch.zeros_like, "zeros": torch.zeros,
+    "tensor": torch.tensor, "arange": torch.arange, "meshgrid": torch.meshgrid, "sin": torch.sin,
+    "sinh": torch.sinh, "cos": torch.cos, "cosh": torch.cosh, "tanh": torch.tanh, "linspace": torch.linspace,
+    "exp": torch.exp, "log": torch.log, "normal": torch.normal, "rand": torch.rand, "randn": torch.randn,
+    "matmul": torch.matmul, "int32": torch.int32, "int64": torch.int64, "float32": torch.float32,
+    "concat": torch.cat, "stack": torch.stack, "abs": torch.abs, "eye": torch.eye, "sigmoid": torch.sigmoid,
+    "batch_matmul": torch.bmm,
+    "numpy": _numpy, "size": method("numel"), "reshape": method("reshape"), "to": method("to"),
+    "reduce_sum": method("sum"), "argmax": method("argmax"), "astype": method("type"),
+    "transpose": method("t"), "reduce_mean": method("mean"), "expand_dims": method("unsqueeze"),
+    "swapaxes": method("swapaxes"), "repeat": method("repeat"),
+}

@@ -1,134 +1,136 @@
-"""``d2l.Trainer`` for PyTorch: the d2l 3.4 ``fit_epoch`` on device-resident data."""
+"""``d2l.Trainer`` for PyTorch: devices, placing the model, the step, checkpoint state."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from d2lx.backends.torch.distributed import DataParallel
+from d2lx.backends.torch.distributed import DataParallel, DataParallelStep
+from d2lx.backends.torch.module import Module, trainable_tensors
 from d2lx.backends.torch.ops import TorchOps
+from d2lx.backends.torch.step import TorchStep
 from d2lx.devices import DeviceSpec, gpu_unavailable
-from d2lx.history import LossMeter
+from d2lx.errors import ArgumentTypeError, CheckpointError
+from d2lx.loader import Batch
+from d2lx.step import Step
 from d2lx.trainer import TrainerBase
 
 
 class Trainer(TrainerBase):
     """Trains a d2lx PyTorch ``Module`` (see :class:`d2lx.trainer.TrainerBase`).
 
-    ``steps_per_execution`` is accepted for API parity; PyTorch runs eagerly
-    one step at a time (results are the same).
+    ``steps_per_execution`` is accepted for API parity; PyTorch runs one
+    eager step at a time (results are the same).
     """
 
     backend_name = "torch"
     fuses_steps = False
     _dp: DataParallel | None = None
 
-    # -- data parallel (one process per device; see distributed.py) --------------
     def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
         self._dp = DataParallel(specs)
         self.device_spec = self._dp.spec
         self.device = self._native_device(self._dp.spec)
-        self._train_meter = LossMeter(self._dp_losses_to_host)
 
     @property
     def is_global_zero(self) -> bool:
         return self._dp is None or self._dp.rank == 0
-
-    def _dp_losses_to_host(self, values: list[Any]) -> np.ndarray:
-        assert self._dp is not None
-        return self._dp.sum_over_processes(torch.stack([v.detach().reshape(()) for v in values]))
 
     def _native_device(self, spec: DeviceSpec) -> torch.device:
         if spec.kind == "cpu":
             return torch.device("cpu")
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if spec.index >= visible:
-            raise gpu_unavailable(
-                "torch", spec, visible,
-                "run on a machine with an NVIDIA GPU and a CUDA build of PyTorch",
-            )
+            raise gpu_unavailable("torch", spec, visible,
+                                  "run on a machine with an NVIDIA GPU and a CUDA build of PyTorch")
         return torch.device("cuda", spec.index)
 
     def _array_ops(self) -> TorchOps:
         return TorchOps(self.device)
 
-    def _place_model(self, model: Any, num_inputs: int) -> None:
-        model.materialize(num_inputs, self.device)
-        if self._dp is not None:
+    def _check_model(self, model: Any) -> None:
+        if not isinstance(model, Module):
+            raise ArgumentTypeError(
+                f"the torch Trainer trains d2lx PyTorch modules, got {type(model).__name__}; subclass "
+                "d2l.Module (an nn.Module) of `from d2lx import torch as d2l` for your model")
+
+    def _place_model(self, model: Any, example: Batch) -> None:
+        if self._dp is not None and hasattr(self.train_dataloader, "num_examples"):
             self._dp.check_batches(self.train_dataloader.num_examples, self.train_dataloader.batch_size)
-            self._dp.wrap(model, self.device)
+        model.materialize(example, self.device)
 
-    def _losses_to_host(self, values: list[Any]) -> np.ndarray:
-        return torch.stack([v.detach().reshape(()) for v in values]).double().cpu().numpy()
-
-    def _is_finite(self, loss: Any) -> bool:
-        # One scalar read instead of two kernels (isfinite, all) and a read:
-        # `bool(torch.isfinite(loss).all())` cost about as much as the rest of a
-        # seed-sized step on CPU (benchmarks/README.md). Same synchronisation
-        # on a GPU (one device-to-host copy), still before the update.
-        if loss.numel() == 1:
-            return math.isfinite(loss.item())
-        return bool(torch.isfinite(loss).all())
+    def make_step(self) -> Step:
+        return TorchStep(self) if self._dp is None else DataParallelStep(self, self._dp)
 
     def clip_gradients(self, grad_clip_val: float, model: Any) -> None:
-        """Rescale all gradients so their joint L2 norm is at most ``grad_clip_val`` (d2l 9.5)."""
-        grads = [p.grad for p in model.param_tensors() if p.grad is not None]
-        norm = torch.sqrt(sum(torch.sum(g**2) for g in grads))
-        scale = torch.clamp(grad_clip_val / norm, max=1.0)  # no host sync, unlike `if norm > c`
-        for g in grads:
-            g.mul_(scale)
+        """Rescale all gradients so their joint L2 norm is at most ``grad_clip_val`` (d2l 9.5).
 
-    def fit_epoch(self) -> None:
-        if self._dp is not None:
-            self._fit_epoch_data_parallel()
-        else:
-            self._fit_epoch_one_device()
-        self._validate()
+        ``torch.nn.utils.clip_grad_norm_``: the scale ``min(1, clip / norm)`` is
+        computed on the device, so unlike d2l's ``if norm > clip`` there is no
+        host round trip per step.
+        """
+        torch.nn.utils.clip_grad_norm_([p for p in trainable_tensors(model) if p.grad is not None],
+                                       grad_clip_val, foreach=True)
 
-    def _fit_epoch_one_device(self) -> None:
-        self.model.train()
-        for batch in self.train_dataloader:
-            self._update(self.model.training_step(self.prepare_batch(batch)))
+    # -- checkpoints -------------------------------------------------------------------------
+    def model_state(self) -> dict[str, np.ndarray]:
+        return {name: t.detach().cpu().numpy() for name, t in self.model.state_dict().items()}
 
-    def _update(self, loss: torch.Tensor) -> None:
-        """Backward, optional clipping, optimizer step: d2l 3.4's ``fit_epoch`` body."""
-        self.optim.zero_grad()
-        loss.backward()
-        # As in d2l: the update runs outside autograd, so a hand-written
-        # optimizer's in-place `param -= lr * param.grad` on a leaf works.
-        with torch.no_grad():
-            if self.gradient_clip_val > 0:
-                self.clip_gradients(self.gradient_clip_val, self.model)
-            self.optim.step()
-        self.train_batch_idx += 1
+    def load_model_state(self, state: dict[str, np.ndarray]) -> None:
+        own = self.model.state_dict()
+        if sorted(own) != sorted(state):
+            raise CheckpointError(f"the checkpoint's model state {sorted(state)} does not fit this model's "
+                                  f"{sorted(own)}; resume with the model it was saved from")
+        for name, tensor in own.items():
+            if tuple(tensor.shape) != tuple(state[name].shape):
+                raise CheckpointError(f"the checkpoint's {name!r} has shape {tuple(state[name].shape)}, the "
+                                      f"model's {tuple(tensor.shape)}; resume with the same model")
+        self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
 
-    def _fit_epoch_data_parallel(self) -> None:
-        dp = self._dp
-        assert dp is not None and dp.step_module is not None
-        self.model.train()
-        for batch in self.train_dataloader:
-            shard, weight = dp.shard(self.prepare_batch(batch))
-            self._recording_paused = True  # the step's own log() sees only this shard
-            try:
-                loss = dp.step_module(shard) * weight
-            finally:
-                self._recording_paused = False
-            if self.check_finite and not dp.all_finite(loss):
-                self.raise_divergence(self.epoch, self.train_batch_idx)
-            # Summed over processes at the end of the epoch: the global batch's mean loss.
-            self._train_meter.add(loss.detach() / dp.world, int(batch[-1].shape[0]))
-            self._update(loss)
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """``torch.optim`` state as arrays: ``state.<param index>.<name>`` (momentum buffers, step counts)."""
+        optim = self.optim
+        if not isinstance(optim, torch.optim.Optimizer):
+            return {}
+        out = {}
+        for index, slots in optim.state_dict()["state"].items():
+            for name, value in slots.items():
+                out[f"state.{index}.{name}"] = torch.as_tensor(value).detach().cpu().numpy()
+        return out
 
-    def _validate(self) -> None:
-        # Under data parallelism every process evaluates the whole (small)
-        # validation set with identical parameters, so no reduction is needed.
-        if self.val_dataloader is None:
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        optim = self.optim
+        if not isinstance(optim, torch.optim.Optimizer):
+            if state:
+                raise CheckpointError(f"the checkpoint holds optimizer state ({sorted(state)}) but "
+                                      f"{type(optim).__name__} keeps none; resume with the same optimizer")
             return
-        self.model.eval()
-        with torch.no_grad():
-            for batch in self.val_dataloader:
-                self.model.validation_step(self.prepare_batch(batch))
-                self.val_batch_idx += 1
+        current = optim.state_dict()
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        count = sum(len(group["params"]) for group in current["param_groups"])
+        for key, value in state.items():
+            parts = key.split(".")
+            if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= count:
+                raise CheckpointError(f"the checkpoint's optimizer entry {key!r} does not fit "
+                                      f"{type(optim).__name__}; resume with the same optimizer")
+            slots.setdefault(int(parts[1]), {})[parts[2]] = torch.from_numpy(np.array(value))
+        current["state"] = slots
+        try:
+            optim.load_state_dict(current)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit {type(optim).__name__}: "
+                                  f"{exc}") from None
+
+    def rng_state(self) -> dict[str, np.ndarray]:
+        state = {"torch_cpu": torch.get_rng_state().numpy()}
+        if self.device.type == "cuda":
+            state["torch_cuda"] = torch.cuda.get_rng_state(self.device).numpy()
+        return state
+
+    def load_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        if "torch_cpu" in state:
+            torch.set_rng_state(torch.from_numpy(np.array(state["torch_cpu"], dtype=np.uint8)))
+        if "torch_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch_cuda"], dtype=np.uint8)), self.device)

@@ -1,0 +1,61 @@
+"""The divergence guard's errors: one wording for every backend and every way a run diverges.
+
+A step never applies an update whose loss, or whose resulting parameters,
+are NaN or inf (see :mod:`d2lx.step`); the core turns what the step latched
+into the error here, after putting the step counter where training stopped.
+Losses read back at the end of an epoch are checked too: a validation loss
+can overflow although every parameter is finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from d2lx.errors import DivergenceError, NonFiniteDataError
+from d2lx.loader import to_numpy
+from d2lx.step import Divergence
+
+_ADVICE = "Lower the learning rate (lr) or set gradient_clip_val, and check the data scale"
+
+
+def raise_divergence(trainer: Any, first_step: int, divergence: Divergence) -> None:
+    """Raise the error for ``divergence``, the first refused step of the epoch that began at ``first_step``."""
+    trainer.train_batch_idx = step = first_step + divergence.step
+    epoch = trainer.epoch
+    if divergence.cause == "data":
+        raise NonFiniteDataError(
+            f"training batch {divergence.step} of epoch {epoch} (step {step}) contains NaN or inf; "
+            "its update was not applied. Clean or impute the data the loader yields "
+            "(e.g. np.nan_to_num) before training")
+    what = {"loss": "the loss became NaN or inf",
+            "parameters": "the update made the parameters NaN or inf (float32 overflow)"}[divergence.cause]
+    if divergence.restored == "epoch":
+        kept = (f"the model was reset to its parameters at the start of epoch {epoch}, the last ones "
+                "known to be finite")
+    else:
+        kept = "the update of that step was not applied, so the model keeps the last finite parameters"
+    raise DivergenceError(f"training diverged: {what} at epoch {epoch}, step {step}; {kept}. {_ADVICE}",
+                          epoch=epoch, step=step)
+
+
+def raise_if_not_finite(trainer: Any, val: Sequence[Any] | np.ndarray | None,
+                        train: Sequence[Any] | np.ndarray | None) -> None:
+    """Raise if a training loss (a reader's loop) or a validation loss read back is NaN or inf."""
+    if train is not None and len(train):
+        values = np.concatenate([np.asarray(to_numpy(v), dtype=np.float64).reshape(-1) for v in train])
+        if not np.isfinite(values).all():
+            bad = int(np.argmin(np.isfinite(values)))
+            step = trainer.train_batch_idx if len(values) == 1 else trainer.train_batch_idx - len(values) + bad
+            raise DivergenceError(
+                f"training diverged: the loss became NaN or inf at epoch {trainer.epoch}, step {step}; "
+                f"the update of that step was not applied, so the model keeps the last finite "
+                f"parameters. {_ADVICE}", epoch=trainer.epoch, step=step)
+    if val is not None and len(val) and not np.isfinite(np.asarray(val, dtype=np.float64)).all():
+        raise DivergenceError(
+            f"training diverged: the validation loss after epoch {trainer.epoch} (step "
+            f"{trainer.train_batch_idx}) is NaN or inf, although the training steps were finite: the "
+            f"parameters predict values beyond float32's range on the validation data. {_ADVICE}",
+            epoch=trainer.epoch, step=trainer.train_batch_idx)
