@@ -113,6 +113,8 @@ class ArrayLoader:
         self.ops = ops
         self.rng = rng
         self.num_examples = num_examples
+        #: Examples in the batch last handed out (a loss plotted by a reader's loop is weighted by it).
+        self.current_size = 1
 
     def __len__(self) -> int:
         return math.ceil(self.num_examples / self.batch_size)
@@ -145,6 +147,7 @@ class ArrayLoader:
         tensors = self.epoch_tensors()
         bs = self.batch_size
         for start in range(0, self.num_examples, bs):
+            self.current_size = min(bs, self.num_examples - start)
             yield tuple(t[start:start + bs] for t in tensors)
 
 
@@ -183,6 +186,7 @@ class Batches:
         self.refresh = refresh
         self.counted: int | None = None
         self._pending: tuple[Any, Iterator[Any]] | None = None  # peek()'s batch and the rest of its epoch
+        self.current_size = 1  # examples in the batch last handed out
         self._used = False
 
     def __len__(self) -> int:
@@ -220,7 +224,9 @@ class Batches:
             source = self._fresh_iterator()
         count = 0
         for count, item in enumerate(source, start=1):
-            yield as_batch(item, self.split, count - 1)
+            batch = as_batch(item, self.split, count - 1)
+            self.current_size = batch_size_of(batch)
+            yield batch
         if count == 0:
             raise InvalidArgumentError(
                 f"the {self.split} loader yielded no batches this epoch; a generator is used up after "

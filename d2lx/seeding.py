@@ -18,8 +18,8 @@ import numpy as np
 
 from d2lx.validation import check_int
 
-Stream = Literal["data", "shuffle", "params"]
-_STREAM_KEYS: dict[str, int] = {"data": 1, "shuffle": 2, "params": 3}
+Stream = Literal["data", "shuffle", "params", "keys"]
+_STREAM_KEYS: dict[str, int] = {"data": 1, "shuffle": 2, "params": 3, "keys": 4}
 
 DEFAULT_SEED = 0
 _global_seed: int | None = DEFAULT_SEED

@@ -222,9 +222,6 @@ class TrainerBase(HyperParameters):
         self.resumed = None
         if ckpt_path is not None:
             resume.restore(self, ckpt_path)
-        self._step = self.make_step()
-        self._train_meter = LossMeter(self.ops.to_host)
-        self._val_meter = LossMeter(self.ops.to_host)
         try:
             self._run_epochs()
         finally:
@@ -235,6 +232,10 @@ class TrainerBase(HyperParameters):
         return self.history
 
     def _run_epochs(self) -> None:
+        """The epochs from ``epochs_done`` to ``max_epochs`` on the prepared model and data."""
+        self._step = self.make_step()
+        self._train_meter = LossMeter(self.ops.to_host)
+        self._val_meter = LossMeter(self.ops.to_host)
         enabled = progress_enabled(self.progress) and self.is_global_zero
         bar = progress_bar(self.max_epochs, f"{self.backend_name} fit", enabled, initial=self.epochs_done)
         with contextlib.closing(bar):
@@ -324,7 +325,8 @@ class TrainerBase(HyperParameters):
         if key == "loss":
             if train and self.check_finite:
                 raise_if_not_finite(self, None, [value])
-            (self._train_meter if train else self._val_meter).add(value, 1)
+            loader = self.train_dataloader if train else self.val_dataloader
+            (self._train_meter if train else self._val_meter).add(value, getattr(loader, "current_size", 1))
         self._board_fed = True
         n = self.num_train_batches or 1
         if train:

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent('''
     import jax
     import numpy as np
     from d2lx import jax as d2l
-    from d2lx.backends.jax.trainer import _split
+    from d2lx.backends.jax.step import split
     from d2lx.data import SyntheticRegressionData
 
     out = {}
@@ -50,12 +50,12 @@ SCRIPT = textwrap.dedent('''
             gw, gb = net.get_grads()
             leaf = jax.tree_util.tree_leaves(trainer.state.params)[0]
             loader = trainer.train_dataloader
-            stacks, _, _ = _split(loader.tensors, None, loader.batch_size)
-            hlo = trainer._fns().chunk.lower(trainer.initial_carry(), trainer.state.dropout_rng,
-                                             stacks, 1).compile().as_text()
+            stacks, _, _ = split(loader.tensors, None, loader.batch_size)
+            hlo = trainer.programs().chunk.lower(trainer.initial_carry(), trainer.state.dropout_rng,
+                                                 stacks, 1).compile().as_text()
             path = sys.argv[1] + f"/{model}-{devices}.npz"
             trainer.save_checkpoint(path)
-            resumed = d2l.Trainer(max_epochs=3, devices=devices, progress=False)
+            resumed = d2l.Trainer(max_epochs=3, devices=devices, gradient_clip_val=5.0, progress=False)
             twin = (d2l.LinearRegressionScratch(3, lr=0.05, seed=3, loss="huber", huber_sigma=0.5)
                     if model == "scratch" else d2l.LinearRegression(lr=0.05, seed=3))
             resumed.fit(twin, SyntheticRegressionData(w=[2, -3.4, 0.5], b=4.2, num_train=101,

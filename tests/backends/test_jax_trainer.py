@@ -20,7 +20,9 @@ import jax.numpy as jnp  # noqa: E402
 
 import d2lx  # noqa: E402
 from d2lx import jax as d2l  # noqa: E402
-from d2lx.backends.jax.trainer import Carry  # noqa: E402
+import functools  # noqa: E402
+
+from d2lx.backends.jax.step import Carry, train_step  # noqa: E402
 from d2lx.data import SyntheticRegressionData  # noqa: E402
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -118,7 +120,7 @@ def test_a_trainers_own_hooks_and_a_users_optimizer_are_traced_per_fit() -> None
     user.prepare_model(net)
     user.optim = optax.sgd(10 * lr)  # assigned by hand: keyed by the object, never shared
     assert len(TRACES) == 0
-    user._run_epochs(0)
+    user._run_epochs()
     assert len(TRACES) == 2
     assert user.model.get_w_b()[0].tolist() != w_base.tolist()
 
@@ -129,12 +131,17 @@ def test_compiled_steps_use_full_float32_matmuls() -> None:
     carry = trainer.initial_carry()
     assert isinstance(carry, Carry)
     batch = (jnp.ones((4, 2)), jnp.ones((4, 1)))
-    text = str(jax.make_jaxpr(trainer._train_step)(carry, batch))
+
+    def jaxpr(t: Any) -> str:
+        step = functools.partial(train_step, t.step_spec())
+        return str(jax.make_jaxpr(step)(carry, t.state.dropout_rng, batch))
+
+    text = jaxpr(trainer)
     assert "dot_general" in text
     assert text.count("Precision.HIGHEST") >= 2 and "Precision.DEFAULT" not in text
     fast = d2l.Trainer(max_epochs=1, progress=False, matmul_precision="default")
     fast.fit(d2l.LinearRegressionScratch(2, lr=0.03), _data())
-    assert "Precision.HIGHEST" not in str(jax.make_jaxpr(fast._train_step)(carry, batch))
+    assert "Precision.HIGHEST" not in jaxpr(fast)
     with pytest.raises(d2lx.InvalidArgumentError, match="matmul_precision"):
         d2l.Trainer(max_epochs=1, matmul_precision="fast")
 
@@ -289,19 +296,19 @@ class MomentumModel(d2l.LinearRegression):
 def test_optimizer_state_round_trips_for_checkpoints() -> None:
     trainer = d2l.Trainer(max_epochs=2, progress=False)
     trainer.fit(MomentumModel(lr=0.01), _data())
-    saved = trainer._optimizer_state()
+    saved = trainer.optimizer_state()
     assert saved and all(isinstance(v, np.ndarray) for v in saved.values())
     assert any(np.abs(v).sum() > 0 for v in saved.values())
     other = d2l.Trainer(max_epochs=1, progress=False)
     other.fit(MomentumModel(lr=0.01), _data(seed=4))
-    other._load_optimizer_state(saved)
-    for key, value in other._optimizer_state().items():
+    other.load_optimizer_state(saved)
+    for key, value in other.optimizer_state().items():
         np.testing.assert_array_equal(value, saved[key])
     with pytest.raises(d2lx.CheckpointError, match="same optimizer"):
-        other._load_optimizer_state({"nope": np.zeros(1)})
+        other.load_optimizer_state({"nope": np.zeros(1)})
     plain = d2l.Trainer(max_epochs=1, progress=False)
     plain.fit(d2l.LinearRegressionScratch(2, lr=0.03), _data())
-    assert plain._optimizer_state() == {}
+    assert plain.optimizer_state() == {}
 
 
 def test_gradient_clipping_bounds_the_joint_norm() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,8 @@ import numpy as np
 from flax import linen as nn
 from flax.training import train_state
 
-from d2lx.module import ModuleBase, _batch_len
+from d2lx.errors import NotFittedError
+from d2lx.module import ModuleBase
 
 Params = Any  # a pytree of jax.Array (flax's FrozenDict or dict)
 
@@ -43,6 +44,58 @@ class TrainState(train_state.TrainState):
     dropout_rng: jax.Array
 
 
+class OptDef(NamedTuple):
+    """The optimizer state's structure and its non-array leaves (d2l's SGD returns the class
+    ``optax.EmptyState``): static parts of a compiled step, kept out of its arguments."""
+
+    treedef: Any
+    statics: tuple[tuple[int, Hashable], ...]
+
+
+def split_opt_state(opt_state: Any) -> tuple[tuple[Any, ...], OptDef]:
+    leaves, treedef = jax.tree_util.tree_flatten(opt_state)
+    arrays, statics = [], []
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, (jax.Array, np.ndarray)):
+            arrays.append(leaf)
+        else:
+            try:
+                hash(leaf)
+                statics.append((i, leaf))
+            except TypeError:
+                statics.append((i, ByIdentity(leaf)))
+    return tuple(arrays), OptDef(treedef, tuple(statics))
+
+
+def join_opt_state(arrays: tuple[Any, ...], opt_def: OptDef) -> Any:
+    leaves = list(arrays)
+    for i, leaf in opt_def.statics:
+        leaves.insert(i, leaf.obj if isinstance(leaf, ByIdentity) else leaf)
+    return jax.tree_util.tree_unflatten(opt_def.treedef, leaves)
+
+
+class ArrayState(NamedTuple):
+    """The arrays of a :class:`TrainState` that change from step to step (what a call carries)."""
+
+    step: jax.Array
+    params: Params
+    opt_state: tuple[Any, ...]
+    batch_stats: Any
+
+
+def strip_state(state: TrainState) -> tuple[ArrayState, OptDef]:
+    arrays, opt_def = split_opt_state(state.opt_state)
+    return ArrayState(state.step, state.params, arrays, state.batch_stats), opt_def
+
+
+def bind_state(spec: Any, arrays: ArrayState, rng: jax.Array) -> TrainState:
+    """A :class:`TrainState` again, inside a trace (``apply_fn``/``tx``/the optimizer's structure from ``spec``)."""
+    return TrainState(step=arrays.step, apply_fn=spec.model.apply, params=arrays.params, tx=spec.tx,
+                      opt_state=join_opt_state(arrays.opt_state, spec.opt_def),
+                      batch_stats=arrays.batch_stats, dropout_rng=rng)
+
+
+
 class Module(ModuleBase, nn.Module):
     """Base class of models: ``flax.linen.Module`` + d2l's JAX methods.
 
@@ -50,10 +103,10 @@ class Module(ModuleBase, nn.Module):
     ``training_step(params, batch, state) -> (loss, grads)`` and
     ``validation_step(params, batch, state) -> loss``, where ``X`` is the
     tuple of inputs and ``state`` the train state (``state.apply_fn`` is
-    ``self.apply``). The trainer calls these inside ``jax.jit``; there
-    :meth:`log` is a no-op and the trainer records the losses the compiled
-    function returns, so logging costs no host sync per step.
+    ``self.apply``). The trainer calls these inside ``jax.jit``.
 
+    ``self.plot(...)`` inside the compiled step hands its traced loss to the
+    trainer, which returns it from the compiled function (no host sync).
     Host-side helpers (parameter bookkeeping, ``get_w_b``, ``predict``...)
     are marked ``nn.nowrap``: flax otherwise wraps every method for scope
     handling, which these never need and which costs more per call than a
@@ -76,24 +129,26 @@ class Module(ModuleBase, nn.Module):
 
     def training_step(self, params: Params, batch: Sequence[Any], state: Any) -> tuple[Any, Params]:  # type: ignore[override]
         l, grads = jax.value_and_grad(self.loss)(params, tuple(batch[:-1]), batch[-1], state)
-        self.log("loss", l, train=True, count=_batch_len(batch))
+        self.plot("loss", l, train=True)
         return l, grads
 
     def validation_step(self, params: Params, batch: Sequence[Any], state: Any) -> Any:  # type: ignore[override]
         l = self.loss(params, tuple(batch[:-1]), batch[-1], state)
-        self.log("loss", l, train=False, count=_batch_len(batch))
+        self.plot("loss", l, train=False)
         return l
 
     @nn.nowrap
-    def log(self, key: str, value: Any, train: bool = True, count: int = 1) -> None:
-        """Record an eager loss; inside a traced step (``jax.jit``) do nothing.
+    def plot(self, key: str, value: Any, train: bool) -> None:
+        """d2l's ``plot``; a traced value outside d2lx's compiled step is dropped.
 
-        A traced value is not a number yet, and handing it to the trainer
-        would leak the tracer; the compiled step returns its losses instead.
+        Inside d2lx's step the trainer collects the traced loss and the
+        compiled function returns it. A traced value anywhere else (a
+        reader's own ``jax.jit``) is not a number yet and cannot be recorded.
         """
-        if isinstance(value, jax.core.Tracer):
+        trainer = self.__dict__.get("trainer")
+        if isinstance(value, jax.core.Tracer) and getattr(trainer, "_observing", None) is None:
             return
-        super().log(key, value, train=train, count=count)
+        super().plot(key, value, train)
 
     @nn.nowrap
     def apply_init(self, dummy_input: Sequence[Any], key: jax.Array) -> Any:
@@ -127,7 +182,8 @@ class Module(ModuleBase, nn.Module):
     def _params_for_predict(self) -> Params:
         params = self.current_params()
         if params is None:
-            raise RuntimeError(f"{type(self).__name__} has no parameters yet: fit it or call set_w_b")
+            raise NotFittedError(f"{type(self).__name__} has no parameters yet: call trainer.fit(model, data) "
+                                 "first, or set_w_b(w, b)")
         return params
 
     @nn.nowrap
@@ -241,21 +297,3 @@ def bounded_cache(cache: OrderedDict[Hashable, Any], key: Hashable,
     while len(cache) > CACHE_SIZE:
         cache.popitem(last=False)
     return value
-
-
-def to_device(params: Params, placement: jax.Device | jax.sharding.Sharding) -> Params:
-    """Commit every leaf to ``placement``: a device, or a sharding (replicated over a mesh)."""
-    return jax.device_put(params, placement)
-
-
-def numpy_leaf(value: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 copy of ``value`` in ``shape`` (framework-free result)."""
-    return np.array(jax.device_get(value), dtype=np.float32).reshape(shape)
-
-
-def like(old: jax.Array | None, value: np.ndarray) -> jax.Array:
-    """``value`` as a JAX array placed like ``old`` (same device or sharding; host default if none)."""
-    arr = np.asarray(value, dtype=np.float32)
-    if old is not None and isinstance(old, jax.Array):
-        return jax.device_put(arr.reshape(old.shape), old.sharding)
-    return jnp.asarray(arr)

@@ -1,0 +1,357 @@
+"""The JAX step: pure functions of a carried train state, compiled once per run structure.
+
+How an epoch over d2lx's own loader runs (:meth:`JaxStep.run_epoch`): the
+epoch's order is drawn from the shared shuffle stream; one compiled call
+gathers the device-resident data into a stack of full batches plus the
+shorter tail batch; ``steps_per_execution`` steps run per call
+(``lax.scan``), reading their batches with ``dynamic_slice`` at a position
+carried on the device; validation and the epoch's record (per-step losses,
+the guard's latch, per-batch validation losses) are one more call, or the
+whole epoch is one call when ``steps_per_execution`` covers it. The host
+reads one vector per epoch. Any other loader's batches go through
+:meth:`JaxStep.train`: the same step, compiled for one batch.
+
+The guard cannot raise inside a compiled step: a step applies its update
+only if its loss and the parameters it produces are finite (and, for
+batches d2lx did not check, the batch too) and no earlier step of the epoch
+failed; the first failure's index and cause are latched in the carry.
+
+Compiled functions are pure functions of a hashable :class:`StepSpec` (the
+flax module compares by its fields), cached per spec: a later ``fit`` of an
+equal model with the same options reuses the code compiled by the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from d2lx.backends.jax.distributed import shard_batch
+from d2lx.backends.jax.module import (ArrayState, Module, OptDef, Params, bind_state, bounded_cache, detached,
+                                     join_opt_state, split_opt_state, strip_state)
+from d2lx.errors import ArgumentTypeError
+from d2lx.loader import ArrayLoader, Batch
+from d2lx.step import CAUSES, Divergence, EpochResult, step_loss
+
+
+class Carry(NamedTuple):
+    """What a compiled training call threads from step to step, all on the device."""
+
+    state: ArrayState
+    grads: Params  # the gradients of the last applied step (what get_grads() returns)
+    diverged: jax.Array  # bool: a step of this epoch was refused
+    bad_step: jax.Array  # int32: index in the epoch of the first refused step (-1: none)
+    cause: jax.Array  # int32: 1 + index in d2lx.step.CAUSES of why (0: none)
+    pos: jax.Array  # int32: steps done in this epoch (= the next batch of the stack)
+    losses: jax.Array  # float32[steps]: each step's loss at its index (empty for single batches)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything the compiled functions close over; equal specs share compiled code."""
+
+    model: Module = dataclasses.field(compare=False)
+    model_key: Any
+    tx: Any = dataclasses.field(compare=False)
+    tx_key: Any
+    opt_def: OptDef
+    hooks: Any = dataclasses.field(compare=False)  # the trainer, if it overrides prepare_batch/clipping
+    hooks_key: Any
+    matmul_precision: str
+    gradient_clip_val: float
+    check_finite: bool
+    check_data: bool  # also refuse batches with NaN/inf (loaders d2lx did not check)
+    mesh: Any
+
+
+class _Collector:
+    """Stands in for the trainer while a step is traced: keeps what ``self.plot`` reports."""
+
+    def __init__(self) -> None:
+        self._observing: list[tuple[str, Any]] = []
+
+    def observe(self, model: Any, key: str, value: Any, train: bool) -> None:
+        self._observing.append((key, value))
+
+
+def _call(spec: StepSpec, name: str, *args: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """``spec.model.<name>(*args)`` with its ``plot`` calls collected (the model is a detached clone)."""
+    model, collector = spec.model, _Collector()
+    object.__setattr__(model, "trainer", collector)
+    try:
+        with jax.default_matmul_precision(spec.matmul_precision):
+            return getattr(model, name)(*args), collector._observing
+    finally:
+        object.__setattr__(model, "trainer", None)
+
+
+def _prepared(spec: StepSpec, batch: Batch) -> Batch:
+    batch = shard_batch(spec.mesh, tuple(batch))
+    return spec.hooks.prepare_batch(batch) if spec.hooks is not None else batch
+
+
+def clip_by_global_norm(grad_clip_val: float, grads: Params) -> Params:
+    """d2l 9.5's clipping: optax's own ``clip_by_global_norm`` (pure, so no host sync in the step)."""
+    return optax.clip_by_global_norm(grad_clip_val).update(grads, optax.EmptyState())[0]
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def train_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> tuple[Carry, jax.Array]:
+    """One guarded optimizer step as a pure function of the carry and one batch."""
+    state = bind_state(spec, carry.state, rng)
+    batch = _prepared(spec, batch)
+    out, _ = _call(spec, "training_step", state.params, batch, state)
+    if not (isinstance(out, tuple) and len(out) == 2) or isinstance(out[0], tuple):
+        raise ArgumentTypeError("training_step(params, batch, state) must return (loss, grads); models "
+                                "with mutable collections (batch norm) need their own fit_epoch")
+    loss, grads = out
+    loss = jnp.asarray(loss, jnp.float32).reshape(())
+    if spec.gradient_clip_val > 0:
+        clip = spec.hooks.clip_gradients if spec.hooks is not None else clip_by_global_norm
+        grads = clip(spec.gradient_clip_val, grads)
+    new_state, _ = strip_state(state.apply_gradients(grads=grads))
+    loss_ok, params_ok = jnp.isfinite(loss), _all_finite(new_state.params)
+    data_ok = _all_finite(batch) if spec.check_data else jnp.bool_(True)
+    ok = (loss_ok & params_ok & data_ok) if spec.check_finite else jnp.bool_(True)
+    apply = ok & ~carry.diverged
+    new_state, grads = jax.tree_util.tree_map(lambda new, old: jnp.where(apply, new, old),
+                                              (new_state, grads), (carry.state, carry.grads))
+    first_bad = ~ok & ~carry.diverged
+    cause = jnp.where(~data_ok, 3, jnp.where(~loss_ok, 1, 2)).astype(jnp.int32)
+    new = Carry(state=new_state, grads=grads, diverged=carry.diverged | ~ok,
+                bad_step=jnp.where(first_bad, carry.pos, carry.bad_step),
+                cause=jnp.where(first_bad, cause, carry.cause), pos=carry.pos + 1,
+                losses=carry.losses.at[carry.pos].set(loss) if carry.losses.shape[0] else carry.losses)
+    return new, loss
+
+
+def run_chunk(spec: StepSpec, carry: Carry, rng: jax.Array, stacks: tuple[jax.Array, ...], k: int) -> Carry:
+    """``k`` steps on the batches ``stacks[pos:pos + k]`` (``lax.scan`` if ``k > 1``)."""
+    chunk = tuple(jax.lax.dynamic_slice_in_dim(s, carry.pos, k, axis=0) for s in stacks)
+    if k == 1:
+        return train_step(spec, carry, rng, tuple(c[0] for c in chunk))[0]
+    carry, _ = jax.lax.scan(lambda c, batch: (train_step(spec, c, rng, batch)[0], None), carry, chunk)
+    return carry
+
+
+def tail_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> Carry:
+    """The epoch's shorter last batch (its own shape, so its own compiled variant)."""
+    return train_step(spec, carry, rng, batch)[0]
+
+
+def eval_batch(spec: StepSpec, state: ArrayState, rng: jax.Array, batch: Batch) -> jax.Array:
+    """The validation loss of one batch (d2l's validation_step may only plot it)."""
+    bound = bind_state(spec, state, rng)
+    out, seen = _call(spec, "validation_step", bound.params, _prepared(spec, batch), bound)
+    return jnp.asarray(step_loss(out, seen, "validation_step"), jnp.float32).reshape(())
+
+
+def evaluate(spec: StepSpec, state: ArrayState, rng: jax.Array, stacks: tuple[jax.Array, ...],
+             tail: tuple[jax.Array, ...]) -> jax.Array:
+    """Every validation batch's loss, in order, in one call."""
+    parts = []
+    if stacks[0].shape[0]:
+        parts.append(jax.lax.map(lambda b: eval_batch(spec, state, rng, b), stacks))
+    if tail[0].shape[0]:
+        parts.append(eval_batch(spec, state, rng, tail).reshape(1))
+    return jnp.concatenate(parts) if parts else jnp.zeros((0,), jnp.float32)
+
+
+def finish(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[Any, Any] | None) -> jax.Array:
+    """The epoch's record, one float32 vector: per-step losses, the latch, validation losses."""
+    val_losses = jnp.zeros((0,), jnp.float32) if val is None else evaluate(spec, carry.state, rng, *val)
+    flags = jnp.stack([carry.diverged.astype(jnp.float32), carry.bad_step.astype(jnp.float32),
+                       carry.cause.astype(jnp.float32)])
+    return jnp.concatenate([carry.losses, flags, val_losses])
+
+
+def batch_split(tensors: tuple[jax.Array, ...], order: jax.Array | None, batch_size: int
+                ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """Reorder ``tensors``, cut them into (full batches stacked, tail batch), fresh latch flags."""
+    n = tensors[0].shape[0]
+    full = n // batch_size
+    stacks, tails = [], []
+    for t in tensors:
+        if order is not None:
+            t = jnp.take(t, order, axis=0)
+        stacks.append(t[:full * batch_size].reshape((full, batch_size, *t.shape[1:])))
+        tails.append(t[full * batch_size:])
+    return tuple(stacks), tuple(tails), fresh_flags(full + (1 if n % batch_size else 0))
+
+
+def fresh_flags(steps: int) -> tuple[jax.Array, ...]:
+    """Not diverged, no bad step, no cause, position 0, room for ``steps`` losses."""
+    return (jnp.bool_(False), jnp.int32(-1), jnp.int32(0), jnp.int32(0), jnp.zeros((steps,), jnp.float32))
+
+
+def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array, tensors: tuple[jax.Array, ...],
+              order: jax.Array | None, batch_size: int, val: tuple[Any, Any] | None
+              ) -> tuple[ArrayState, Params, jax.Array]:
+    """A whole epoch in one call: gather, every step, the tail, validation, the record."""
+    stacks, tail, fresh = batch_split(tensors, order, batch_size)
+    carry = Carry(state, grads, *fresh)
+    if stacks[0].shape[0]:
+        carry = run_chunk(spec, carry, rng, stacks, stacks[0].shape[0])
+    if tail[0].shape[0]:
+        carry = tail_step(spec, carry, rng, tail)
+    return carry.state, carry.grads, finish(spec, carry, rng, val)
+
+
+def read_flags(carry: Carry) -> jax.Array:
+    return jnp.stack([carry.diverged.astype(jnp.int32), carry.bad_step, carry.cause])
+
+
+class Programs(NamedTuple):
+    """The jitted functions of one :class:`StepSpec`."""
+
+    chunk: Callable[..., Carry]
+    tail: Callable[..., Carry]
+    finish: Callable[..., jax.Array]
+    epoch: Callable[..., tuple[ArrayState, Params, jax.Array]]
+    batch: Callable[..., tuple[Carry, jax.Array]]
+    eval_batch: Callable[..., jax.Array]
+
+
+_PROGRAMS: OrderedDict[StepSpec, Programs] = OrderedDict()
+
+
+def compiled(spec: StepSpec) -> Programs:
+    """The jitted functions for ``spec``, made once per distinct spec in this process.
+
+    The cache keeps a spec whose model is a detached clone, so it keeps no
+    trainer, data or parameters alive.
+    """
+    return bounded_cache(_PROGRAMS, spec, lambda: _build(spec))
+
+
+def _build(spec: StepSpec) -> tuple[StepSpec, Programs]:
+    clone = detached(spec.model)
+    stored = dataclasses.replace(spec, model=clone,
+                                 model_key=clone if spec.model_key is spec.model else spec.model_key)
+    bind = functools.partial
+    return stored, Programs(
+        chunk=jax.jit(bind(run_chunk, stored), static_argnums=3), tail=jax.jit(bind(tail_step, stored)),
+        finish=jax.jit(bind(finish, stored)), epoch=jax.jit(bind(run_epoch, stored), static_argnums=5),
+        batch=jax.jit(bind(train_step, stored)), eval_batch=jax.jit(bind(eval_batch, stored)))
+
+
+split = jax.jit(batch_split, static_argnums=2)
+zeros_like = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree))
+read = jax.jit(read_flags)
+
+
+def divergence_of(flags: np.ndarray) -> Divergence | None:
+    """The latch read back (diverged, bad step, cause) as a :class:`~d2lx.step.Divergence`."""
+    if not flags[0]:
+        return None
+    return Divergence(int(flags[1]), CAUSES[int(flags[2]) - 1] if 1 <= flags[2] <= 3 else "loss")
+
+
+def order_transfer() -> Any:
+    """Allow the one host-to-device copy an epoch makes: its shuffle order, as a jit argument.
+
+    JAX's C++ dispatch copies a NumPy argument (about 10 us); ``device_put``
+    of the same 4 KB costs about 100 us of Python. Only this call relaxes a
+    ``jax.transfer_guard("disallow")`` set by the user.
+    """
+    return jax.transfer_guard_host_to_device("allow")
+
+
+class JaxStep:
+    """:class:`d2lx.step.Step` for one JAX fit: the programs above, and the carry between calls.
+
+    ``trainer.state`` (the flax train state d2l's JAX code reads) is brought
+    up to date at the end of every epoch.
+    """
+
+    host_guard = False
+
+    def __init__(self, trainer: Any, spec: Callable[[bool], StepSpec]) -> None:
+        self.trainer = trainer
+        self._spec = spec  # the run's StepSpec for d2lx's loaders (False) or other loaders (True)
+        self._carry: Carry | None = None
+
+    def begin_epoch(self) -> None:
+        self._carry = None
+
+    def set_training(self, mode: bool) -> None:
+        self.trainer.model.training = mode
+
+    def _grads(self) -> Params:
+        grads = self.trainer.last_grads
+        return grads if grads is not None else zeros_like(self.trainer.state.params)
+
+    def _finish(self, state: ArrayState, grads: Params, applied: bool) -> None:
+        trainer = self.trainer
+        trainer.state = trainer.state.replace(step=state.step, params=state.params, batch_stats=state.batch_stats,
+                                              opt_state=join(state.opt_state, trainer.state.opt_state))
+        if applied:
+            trainer.last_grads = grads
+
+    def run_epoch(self, train: ArrayLoader, val: ArrayLoader | None, steps_per_execution: int) -> EpochResult:
+        trainer, spec = self.trainer, self._spec(False)
+        fns = compiled(spec)
+        order = train.epoch_order()  # consumes the shuffle stream exactly like iteration
+        if order is not None:
+            order = np.asarray(order, dtype=np.int32)  # JAX has no int64 by default
+        steps, rng = len(train), trainer.state.dropout_rng
+        val_split = None if val is None else trainer.val_batches(val)
+        state, _ = strip_state(trainer.state)
+        if steps_per_execution >= steps:
+            with order_transfer():
+                state, grads, record = fns.epoch(state, self._grads(), rng, tuple(train.tensors), order,
+                                                 train.batch_size, val_split)
+        else:
+            with order_transfer():
+                stacks, tail, fresh = split(train.tensors, order, train.batch_size)
+            carry = Carry(state, self._grads(), *fresh)
+            full, done = stacks[0].shape[0], 0
+            while done < full:
+                k = min(steps_per_execution, full - done)
+                carry, done = fns.chunk(carry, rng, stacks, k), done + k
+            if tail[0].shape[0]:
+                carry = fns.tail(carry, rng, tail)
+            state, grads, record = carry.state, carry.grads, fns.finish(carry, rng, val_split)
+        host = np.asarray(jax.device_get(record))  # the epoch's one device-to-host transfer
+        divergence = divergence_of(host[steps:steps + 3])
+        self._finish(state, grads, applied=divergence is None or divergence.step > 0 or trainer.last_grads is not None)
+        losses = host[:steps] if divergence is None else host[:divergence.step + 1]
+        return EpochResult(losses, None if val is None else host[steps + 3:], divergence)
+
+    def train(self, batch: Batch) -> jax.Array:
+        if self._carry is None:
+            state, _ = strip_state(self.trainer.state)
+            self._carry = Carry(state, self._grads(), *fresh_flags(0))
+        self._carry, loss = compiled(self._spec(True)).batch(self._carry, self.trainer.state.dropout_rng, batch)
+        return loss
+
+    def evaluate(self, batch: Batch) -> jax.Array:
+        state, _ = strip_state(self.trainer.state)
+        return compiled(self._spec(True)).eval_batch(state, self.trainer.state.dropout_rng, batch)
+
+    def divergence(self, end_of_epoch: bool = False) -> Divergence | None:
+        carry = self._carry
+        if not end_of_epoch or carry is None:
+            return None
+        divergence = divergence_of(np.asarray(jax.device_get(read(carry))))
+        self._finish(carry.state, carry.grads, applied=divergence is None or divergence.step > 0)
+        self._carry = None
+        return divergence
+
+
+def join(arrays: tuple[Any, ...], like: Any) -> Any:
+    """Optimizer-state arrays back into the structure of ``like`` (an optimizer state)."""
+    return join_opt_state(arrays, split_opt_state(like)[1])
