@@ -79,7 +79,7 @@ def jsonable(value: Any) -> Any:
 def _digest(meta_text: str, tensors: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256(meta_text.encode())
     for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
+        array = np.array(tensors[name], order="C", copy=False)
         h.update(f"\0{name}\0{array.dtype.str}\0{array.shape}\0".encode())
         h.update(array.tobytes())
     return h.hexdigest()
@@ -89,7 +89,7 @@ def save(path: str | Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` atomically (the old file stays intact if the write fails)."""
     from safetensors.numpy import save_file
 
-    tensors = {f"{group}/{name}": np.ascontiguousarray(value)
+    tensors = {f"{group}/{name}": np.array(value, order="C")
                for group in GROUPS for name, value in getattr(ckpt, group).items()}
     meta_text = json.dumps(jsonable(ckpt.meta), allow_nan=True)
     metadata = {"format": FORMAT, "version": str(VERSION), "meta": meta_text,

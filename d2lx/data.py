@@ -217,7 +217,7 @@ class SyntheticRegressionData(DataModule):
                 f"use batch_size <= {num_train}"
             )
         _check_memory(num_train + num_val, w_np.size)
-        self.b = b if not isinstance(b, (int, float)) else b_value  # d2l keeps b as given
+        self.b = b  # as given, as d2l keeps it
         self.noise, self.num_train, self.num_val, self.batch_size = noise, num_train, num_val, batch_size
         self.root, self.num_workers = "../data", 4
         self.hparams = {"noise": noise, "num_train": num_train, "num_val": num_val, "batch_size": batch_size}
@@ -251,8 +251,8 @@ class SyntheticRegressionData(DataModule):
 
 def _scalar(name: str, value: Any, example: str) -> float:
     """A Python number or a one-element array of any framework, as a float32-range float."""
-    if value is None or isinstance(value, (str, bytes, bool)):
-        return check_float(name, value, example=example)  # its wording: "must be a real number"
+    if value is None or isinstance(value, (str, bytes, bool, int, float)):
+        return check_float(name, value, float32=True, example=example)  # "must be a real number"
     array = as_float_array(name, value, example=example).reshape(-1)
     if array.size != 1:
         raise InvalidArgumentError(f"{name} must be a single number, got {array.size} values")

@@ -215,6 +215,18 @@ class Batches:
             self._pending = (first, iterator)
         return as_batch(self._pending[0], self.split, 0)
 
+    def reset(self) -> None:
+        """Forget the iterator :meth:`peek` started: the next epoch starts a fresh one.
+
+        A resumed run restores the random generators a loader shuffles with
+        after the trainer peeked; the first resumed epoch must draw its order
+        from the restored state.
+        """
+        if self._pending is not None:
+            self._pending = None
+            if isinstance(self.loader, Iterator) and self.refresh is not None:  # one-shot: ask for another
+                self.loader = self.refresh()
+
     def __iter__(self) -> Iterator[Batch]:
         if self._pending is not None:
             first, rest = self._pending

@@ -26,7 +26,7 @@ import numpy as np
 from d2lx import checkpoint
 from d2lx.errors import CheckpointError, InvalidArgumentError
 from d2lx.linear import LinearModel
-from d2lx.loader import ArrayLoader
+from d2lx.loader import ArrayLoader, Batches
 
 #: Trainer settings that change the experiment (max_epochs may grow; fusing and devices do not).
 TRAINER_KEYS = ("gradient_clip_val",)
@@ -52,6 +52,7 @@ def save_trainer(trainer: Any, path: str | Path) -> Path:
     if model is None or data is None:
         raise InvalidArgumentError("nothing to save yet: call fit(model, data) first")
     linear = isinstance(model, LinearModel)
+    shuffle = data.shuffle_rng  # also fixes data.seed for a module made without super().__init__()
     state = dict(zip(("w", "b"), model.get_w_b())) if linear else trainer.model_state()
     legacy = np.random.get_state()
     rng = {**trainer.rng_state(), "numpy_mt19937": np.asarray(legacy[1], dtype=np.uint32)}
@@ -67,7 +68,7 @@ def save_trainer(trainer: Any, path: str | Path) -> Path:
         "step": trainer.train_batch_idx,
         "val_step": trainer.val_batch_idx,
         "seed": getattr(data, "seed", None),
-        "shuffle_rng": data.shuffle_rng.bit_generator.state,
+        "shuffle_rng": shuffle.bit_generator.state,
         "numpy_rng": [legacy[0], int(legacy[2]), int(legacy[3]), float(legacy[4])],
         "python_rng": jsonable_random_state(),
         "history": trainer.history.as_dict(),
@@ -85,6 +86,7 @@ def jsonable_random_state() -> list[Any]:
 def _differences(ckpt: checkpoint.Checkpoint, trainer: Any) -> list[str]:
     """What differs between the checkpoint's run and this one, in words (empty: the same experiment)."""
     meta, model, data = ckpt.meta, trainer.model, trainer.data
+    data.shuffle_rng  # fixes data.seed for a module made without super().__init__()
     saved_trainer = meta.get("trainer_hparams", {})
     pairs = [
         ("model", meta.get("model_hparams", {}), checkpoint.jsonable(getattr(model, "hparams", {}))),
@@ -134,6 +136,9 @@ def restore(trainer: Any, path: str | Path) -> None:
         trainer.load_model_state(ckpt.model)
     _restore_optimizer(trainer, ckpt, path)
     _restore_rngs(trainer, ckpt)
+    for loader in (trainer.train_dataloader, trainer.val_dataloader):
+        if isinstance(loader, Batches):
+            loader.reset()  # its first epoch must shuffle with the restored generators
     data = trainer.data
     try:
         data.shuffle_rng.bit_generator.state = meta["shuffle_rng"]

@@ -96,7 +96,7 @@ class Step(Protocol):
         ...
 
 
-def step_loss(out: Any, observed: Sequence[tuple[str, Any]], what: str) -> Any:
+def step_loss(out: Any, observed: Sequence[tuple[Any, ...]], what: str) -> Any:
     """The loss of a ``training_step``/``validation_step``: what it returned, else what it plotted.
 
     d2l's ``validation_step`` returns nothing and only calls
@@ -105,7 +105,7 @@ def step_loss(out: Any, observed: Sequence[tuple[str, Any]], what: str) -> Any:
     """
     if out is not None:
         return out
-    for key, value in reversed(observed):
+    for key, value, *_ in reversed(observed):  # (key, value, train)
         if key == "loss":
             return value
     raise ArgumentTypeError(

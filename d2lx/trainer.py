@@ -304,13 +304,24 @@ class TrainerBase(HyperParameters):
 
     # -- what a model's plot() reports ----------------------------------------------------------
     @contextlib.contextmanager
-    def observing(self) -> Iterator[list[tuple[str, Any]]]:
-        """Collect the ``plot`` calls of one step (d2lx's loop records the returned loss instead)."""
+    def observing(self, draw_extras: bool = True) -> Iterator[list[tuple[str, Any, bool]]]:
+        """Collect the ``plot`` calls of one step as ``(key, value, train)``.
+
+        d2lx's loop records the loss the step returns (or, if it returns
+        nothing, the one it plotted: :func:`d2lx.step.step_loss`); other keys
+        are drawn on the board when the step ends, unless ``draw_extras`` is
+        false (a step being traced has only symbolic values).
+        """
         previous, self._observing = self._observing, []
+        seen = self._observing
         try:
-            yield self._observing
+            yield seen
         finally:
             self._observing = previous
+            if draw_extras:
+                for key, value, train in seen:
+                    if key != "loss":
+                        self._draw(self.model, key, value, train)
 
     def observe(self, model: Any, key: str, value: Any, train: bool) -> None:
         """A model's ``self.plot(key, value, train)``: d2l's board, and the loss for the history.
@@ -320,7 +331,7 @@ class TrainerBase(HyperParameters):
         that is not finite stops the run here, before the step's update.
         """
         if self._observing is not None:
-            self._observing.append((key, value))
+            self._observing.append((key, value, train))
             return
         if key == "loss":
             if train and self.check_finite:
@@ -328,6 +339,10 @@ class TrainerBase(HyperParameters):
             loader = self.train_dataloader if train else self.val_dataloader
             (self._train_meter if train else self._val_meter).add(value, getattr(loader, "current_size", 1))
         self._board_fed = True
+        self._draw(model, key, value, train)
+
+    def _draw(self, model: Any, key: str, value: Any, train: bool) -> None:
+        """d2l's board position of a value reported now: fraction of epochs done (train), or epoch + 1."""
         n = self.num_train_batches or 1
         if train:
             x, every = self.train_batch_idx / n, n / model.plot_train_per_epoch

@@ -1,5 +1,7 @@
-# d2l 3.4 (seed 000), JAX/Flax/optax, with only the import line changed to d2lx
-# (plus `import jax.numpy as jnp`; the seed's bare LinearRegressionScratch is d2l's).
+# Seed 000 (d2l 3.4 from scratch, JAX/Flax/optax): its training block, with only the d2l import
+# line changed to d2lx. The seed's model code does not parse (`class ...(d2l.module)` without a
+# colon, a mismatched quote in `loss`), so d2lx's LinearRegressionScratch, the same model, stands
+# in for it; `jnp` comes from the book's first cell, which the seed leaves out.
 # bound: 0.5
 import jax.numpy as jnp
 from d2lx import jax as d2l

@@ -76,13 +76,13 @@ class _Collector:
     """Stands in for the trainer while a step is traced: keeps what ``self.plot`` reports."""
 
     def __init__(self) -> None:
-        self._observing: list[tuple[str, Any]] = []
+        self._observing: list[tuple[str, Any, bool]] = []
 
     def observe(self, model: Any, key: str, value: Any, train: bool) -> None:
-        self._observing.append((key, value))
+        self._observing.append((key, value, train))
 
 
-def _call(spec: StepSpec, name: str, *args: Any) -> tuple[Any, list[tuple[str, Any]]]:
+def _call(spec: StepSpec, name: str, *args: Any) -> tuple[Any, list[tuple[str, Any, bool]]]:
     """``spec.model.<name>(*args)`` with its ``plot`` calls collected (the model is a detached clone)."""
     model, collector = spec.model, _Collector()
     object.__setattr__(model, "trainer", collector)
