@@ -64,6 +64,19 @@ class ProgressBoard(HyperParameters):
 
     #: Seconds between two live redraws while points arrive.
     min_interval = 0.5
+    # Set by save_hyperparameters (and by d2l code, e.g. ``board.yscale = 'log'``).
+    xlabel: str | None
+    ylabel: str | None
+    xlim: Any
+    ylim: Any
+    xscale: str
+    yscale: str
+    ls: Any
+    colors: Any
+    fig: Any
+    axes: Any
+    figsize: tuple[float, float]
+    display: bool
 
     def __init__(self, xlabel: str | None = None, ylabel: str | None = None, xlim: Any = None,
                  ylim: Any = None, xscale: str = "linear", yscale: str = "linear",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from d2lx.errors import CheckpointError
 FORMAT_V1 = "d2lx-checkpoint"
 
 
-def load_npz(path: Path, raw: bytes) -> object:
+def load_npz(path: Path, raw: bytes) -> Any:
     from d2lx.checkpoint import Checkpoint, check_fields
 
     def refuse(why: str) -> CheckpointError:

@@ -16,7 +16,8 @@ import numpy as np
 from d2lx import registry
 from d2lx.checkpoint import ModelCheckpoint
 from d2lx.data import SyntheticRegressionData
-from d2lx.errors import InvalidArgumentError
+from d2lx.errors import InvalidArgumentError, OutputError
+from d2lx.outputs import check_output_path
 
 SEED_W = (2.0, -3.4)
 SEED_B = 4.2
@@ -43,6 +44,9 @@ class FitResult:
     seed: int | None
     framework_version: str
     history: dict[str, list[Any]] = field(default_factory=dict)
+    plot: str | None = None  # where the loss curves were written
+    resumed: dict[str, Any] | None = None  # the checkpoint this run continued, if any
+    output_error: str | None = None  # a file that could not be written after training finished
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,11 +106,24 @@ def run_fit(
     if resume and checkpoint is None:
         raise InvalidArgumentError("resume needs a checkpoint path; pass checkpoint=PATH (--checkpoint)")
     callbacks = [] if checkpoint is None else [ModelCheckpoint(checkpoint)]
-    trainer = namespace.Trainer(max_epochs=epochs, device=device,
-                                steps_per_execution=steps_per_execution,
-                                progress=progress, plot=plot, callbacks=callbacks,
-                                devices=devices)
-    history = trainer.fit(net, data, ckpt_path=checkpoint if resume else None)
+    plot_path = None if plot is None else check_output_path("plot", plot, image=True)
+    trainer = namespace.Trainer(max_epochs=epochs, device=device, steps_per_execution=steps_per_execution,
+                                progress=progress, callbacks=callbacks, devices=devices)
+    output_error = None
+    try:
+        history = trainer.fit(net, data, ckpt_path=checkpoint if resume else None)
+    except OutputError as exc:
+        if trainer.epochs_done < epochs:  # a checkpoint failed mid-run: the run is not finished
+            raise
+        history, output_error = trainer.history, str(exc)  # the last checkpoint: the result stands
+    finally:
+        for callback in callbacks:
+            callback.release()
+    if plot_path is not None and output_error is None and trainer.is_global_zero:
+        try:
+            trainer.plot(plot_path)
+        except OutputError as exc:
+            output_error = f"{exc} (training finished; its results are printed above)"
     w_hat, b_hat = net.get_w_b()
     w_err = data.w - w_hat.reshape(data.w.shape)
     b_err = data.b - float(b_hat.reshape(-1)[0])
@@ -126,4 +143,7 @@ def run_fit(
         seed=seed,
         framework_version=namespace.framework_version(),
         history=history.as_dict(),
+        plot=None if plot_path is None or output_error else str(plot_path),
+        resumed=trainer.resumed,
+        output_error=output_error,
     )

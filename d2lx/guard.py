@@ -22,7 +22,7 @@ _ADVICE = "Lower the learning rate (lr) or set gradient_clip_val, and check the 
 
 
 def raise_divergence(trainer: Any, first_step: int, divergence: Divergence) -> None:
-    """Raise the error for ``divergence``, the first refused step of the epoch that began at ``first_step``."""
+    """Raise the error for ``divergence``: the first refused step of the epoch begun at ``first_step``."""
     trainer.train_batch_idx = step = first_step + divergence.step
     epoch = trainer.epoch
     if divergence.cause == "data":
@@ -48,7 +48,8 @@ def raise_if_not_finite(trainer: Any, val: Sequence[Any] | np.ndarray | None,
         values = np.concatenate([np.asarray(to_numpy(v), dtype=np.float64).reshape(-1) for v in train])
         if not np.isfinite(values).all():
             bad = int(np.argmin(np.isfinite(values)))
-            step = trainer.train_batch_idx if len(values) == 1 else trainer.train_batch_idx - len(values) + bad
+            done = trainer.train_batch_idx
+            step = done if len(values) == 1 else done - len(values) + bad
             raise DivergenceError(
                 f"training diverged: the loss became NaN or inf at epoch {trainer.epoch}, step {step}; "
                 f"the update of that step was not applied, so the model keeps the last finite "

@@ -21,7 +21,8 @@ class History:
 
     ``epoch`` holds each epoch's 0-based index, as d2l's ``trainer.epoch``
     counts them; plots put an epoch's end at ``epoch + 1`` on their x axis
-    (epochs completed), as d2l's board does. ``train_loss`` is the mean of the epoch's minibatch losses (d2l plots the
+    (epochs completed), as d2l's board does. ``train_loss`` is the mean of the
+    epoch's minibatch losses (d2l plots the
     same quantity); ``val_loss`` is the example-weighted mean over the
     validation set, i.e. the loss of the whole validation set at the end of
     the epoch (``nan`` when there is no validation data).

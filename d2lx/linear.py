@@ -107,7 +107,7 @@ class LinearModel:
         check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)
 
     def get_w_b(self) -> tuple[np.ndarray, np.ndarray]:
-        """``w`` ``(num_inputs, 1)`` and ``b`` ``(1,)`` as NumPy float32 copies (the same on every backend)."""
+        """``w`` ``(num_inputs, 1)`` and ``b`` ``(1,)`` as NumPy float32 copies (the same on any backend)."""
         return _layout(*self._w_b())
 
     def get_grads(self) -> tuple[np.ndarray, np.ndarray]:

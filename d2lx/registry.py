@@ -87,7 +87,8 @@ def _entry_point_specs() -> dict[str, BackendSpec]:
             continue  # built-ins cannot be replaced by a plugin
         module = ep.value.split(":")[0]
         dist = ep.dist.name if ep.dist is not None else module.split(".")[0]
-        specs[ep.name] = BackendSpec(ep.name, module, (module.split(".")[0],), plugin_install=f"pip install {dist}")
+        specs[ep.name] = BackendSpec(ep.name, module, (module.split(".")[0],),
+                                     plugin_install=f"pip install {dist}")
     return specs
 
 

@@ -54,7 +54,7 @@ def save_trainer(trainer: Any, path: str | Path) -> Path:
     linear = isinstance(model, LinearModel)
     shuffle = data.shuffle_rng  # also fixes data.seed for a module made without super().__init__()
     state = dict(zip(("w", "b"), model.get_w_b())) if linear else trainer.model_state()
-    legacy = np.random.get_state()
+    legacy: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     rng = {**trainer.rng_state(), "numpy_mt19937": np.asarray(legacy[1], dtype=np.uint32)}
     meta = {
         "backend": trainer.backend_name,
@@ -86,7 +86,7 @@ def jsonable_random_state() -> list[Any]:
 def _differences(ckpt: checkpoint.Checkpoint, trainer: Any) -> list[str]:
     """What differs between the checkpoint's run and this one, in words (empty: the same experiment)."""
     meta, model, data = ckpt.meta, trainer.model, trainer.data
-    data.shuffle_rng  # fixes data.seed for a module made without super().__init__()
+    assert data.shuffle_rng is not None  # fixes data.seed for a module made without super().__init__()
     saved_trainer = meta.get("trainer_hparams", {})
     pairs = [
         ("model", meta.get("model_hparams", {}), checkpoint.jsonable(getattr(model, "hparams", {}))),

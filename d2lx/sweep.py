@@ -193,7 +193,8 @@ def sweep(
                                    steps=steps, num_train=num_train, batch_size=batch_size,
                                    noise=noise, device=device)
                 result.points.append(point)
-                bar.set_postfix_str(f"{name} {kind}={value:g} |w err| {point.w_error_norm:.3g}", refresh=False)
+                bar.set_postfix_str(f"{name} {kind}={value:g} |w err| {point.w_error_norm:.3g}",
+                                    refresh=False)
                 bar.update(1)
     return result
 

@@ -108,7 +108,7 @@ class TrainerBase(HyperParameters):
         self.fit_seconds = 0.0
         self.resumed: dict[str, Any] | None = None
         self._step: Step | None = None
-        self._observing: list[tuple[str, Any]] | None = None
+        self._observing: list[tuple[str, Any, bool]] | None = None
 
     # -- adapter hooks ------------------------------------------------------------------
     def _native_device(self, spec: DeviceSpec) -> Any:
@@ -271,7 +271,8 @@ class TrainerBase(HyperParameters):
         if isinstance(train, ArrayLoader) and (val is None or isinstance(val, ArrayLoader)):
             result = step.run_epoch(train, val, self.steps_per_execution)
             if result is not None:
-                self._train_meter.add_many(result.train_losses, train.batch_sizes()[:len(result.train_losses)])
+                sizes = train.batch_sizes()[:len(result.train_losses)]
+                self._train_meter.add_many(result.train_losses, sizes)
                 if result.divergence is not None:
                     raise_divergence(self, first, result.divergence)
                 self.train_batch_idx += len(train)

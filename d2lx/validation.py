@@ -104,7 +104,8 @@ def as_float_array(name: str, value: Any, *, example: str) -> np.ndarray:
     try:
         array = to_numpy(value)
     except (TypeError, ValueError) as exc:
-        raise ArgumentTypeError(f"{name} could not be read as numbers ({exc}); pass e.g. {name}={example}") from None
+        raise ArgumentTypeError(
+            f"{name} could not be read as numbers ({exc}); pass e.g. {name}={example}") from None
     if array.dtype.kind == "V":  # ml_dtypes' bfloat16 and friends (JAX): floats NumPy can widen
         try:
             array = array.astype(np.float32)

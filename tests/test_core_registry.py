@@ -73,7 +73,8 @@ def test_missing_framework_names_the_checkout_install_command() -> None:
     root = Path(d2lx.__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", _BLOCK_TORCH, str(root)], capture_output=True, text=True,
                          check=False, cwd=root)
-    assert 'install it with: pip install -r backends/torch.txt -e ".[torch]"' in out.stdout, out.stdout + out.stderr
+    words = 'install it with: pip install -r backends/torch.txt -e ".[torch]"'
+    assert words in out.stdout, out.stdout + out.stderr
 
 
 def test_missing_framework_names_the_extra_for_an_installed_d2lx(tmp_path: Path) -> None:

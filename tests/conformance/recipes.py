@@ -17,7 +17,8 @@ HIDDEN = 32
 
 def mlp(d2l: Any, lr: float) -> Any:
     """A two-layer MLP (ReLU, MSE loss, Adam), the framework's own layers and optimizer."""
-    return {"torch": _torch_mlp, "jax": _jax_mlp, "tensorflow": _tf_mlp, "mxnet": _mx_mlp}[d2l.BACKEND](d2l, lr)
+    build = {"torch": _torch_mlp, "jax": _jax_mlp, "tensorflow": _tf_mlp, "mxnet": _mx_mlp}[d2l.BACKEND]
+    return build(d2l, lr)
 
 
 def own_loader(backend: str, X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> Any:
@@ -26,7 +27,8 @@ def own_loader(backend: str, X: np.ndarray, y: np.ndarray, batch_size: int, shuf
         import torch
         from torch.utils.data import DataLoader, TensorDataset
 
-        return DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size, shuffle=shuffle)
+        dataset = TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
+        return DataLoader(dataset, batch_size, shuffle=shuffle)
     if backend == "tensorflow":
         import tensorflow as tf
 

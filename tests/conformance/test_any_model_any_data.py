@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conformance import recipes
 
 import d2lx
+from conformance import recipes
 from d2lx.checkpoint import ModelCheckpoint
 from d2lx.data import DataModule
 
@@ -51,7 +51,8 @@ def _state(trainer: Any) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in trainer.model_state().items()}
 
 
-def test_an_mlp_checkpointed_halfway_resumes_bit_identical(d2l: Any, backend_name: str, tmp_path: Path) -> None:
+def test_an_mlp_checkpointed_halfway_resumes_bit_identical(d2l: Any, backend_name: str,
+                                                           tmp_path: Path) -> None:
     # tf.data reshuffles per iteration of one Dataset object; a resumed run has a new one, so its loader
     # is left unshuffled here. The others shuffle with generators the checkpoint saves.
     shuffle = backend_name != "tensorflow"
@@ -104,7 +105,8 @@ def test_a_batch_that_is_not_a_tuple_is_refused(d2l: Any) -> None:
         def get_dataloader(self, train: bool) -> Any:
             return [np.ones((4, 2), np.float32)] * 3  # X only: no targets
 
-    with pytest.raises(d2lx.ArgumentTypeError, match=r"training batch 0 is a ndarray, not a tuple \(X, \.\.\., y\)"):
+    words = r"training batch 0 is a ndarray, not a tuple \(X, \.\.\., y\)"
+    with pytest.raises(d2lx.ArgumentTypeError, match=words):
         d2l.Trainer(max_epochs=1, progress=False).fit(d2l.LinearRegression(lr=0.1), Bad())
 
 

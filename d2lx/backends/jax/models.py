@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +73,7 @@ def _resolve_model_seed(module: Module) -> None:
     """
     seed = resolve_seed(module.seed)
     if seed is None:  # d2lx.seed(None): fresh OS entropy, drawn once for this model
-        seed = int(np.random.SeedSequence().entropy)
+        seed = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
     module.seed = seed
 
 
@@ -95,7 +95,8 @@ def _accept_loss_keyword(cls: type) -> None:
         init(self, *args, **kwargs)
 
     sig = inspect.signature(init)
-    loss_param = inspect.Parameter("loss", inspect.Parameter.KEYWORD_ONLY, default="squared", annotation="str")
+    loss_param = inspect.Parameter("loss", inspect.Parameter.KEYWORD_ONLY, default="squared",
+                                   annotation="str")
     __init__.__signature__ = sig.replace(parameters=[*sig.parameters.values(), loss_param])  # type: ignore[attr-defined]
     cls.__init__ = __init__  # type: ignore[misc]
 
@@ -110,6 +111,9 @@ class _LinearModel(LinearModel, Module):
     loss_name: str = dataclasses.field(default="squared", kw_only=True)
     huber_sigma: float = dataclasses.field(default=1.0, kw_only=True)
     seed: int | None = dataclasses.field(default=None, kw_only=True)
+    if TYPE_CHECKING:  # fields of the two models (declared there, in d2l's order)
+        lr: float
+        sigma: float
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)  # flax makes cls a dataclass here
@@ -149,7 +153,7 @@ class _LinearModel(LinearModel, Module):
 
     @nn.nowrap
     def get_w_b(self, state: Any = None) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
-        """``w`` (num_inputs, 1) and ``b`` (1,) as NumPy float32 (of ``state`` if given, as in d2l's JAX 3.5)."""
+        """``w`` (num_inputs, 1) and ``b`` (1,) as NumPy float32 (of ``state`` if given: d2l's JAX 3.5)."""
         if state is None:
             return super().get_w_b()
         w, b = self._of(state.params)
@@ -181,7 +185,7 @@ class LinearRegressionScratch(_LinearModel):
     def forward(self, X: jax.Array) -> jax.Array:
         return jnp.matmul(X, self.w) + self.b
 
-    def loss(self, params: Params, X: Sequence[jax.Array], y: jax.Array, state: Any) -> jax.Array:
+    def loss(self, params: Params, X: Sequence[jax.Array], y: jax.Array, state: Any) -> jax.Array:  # type: ignore[override]
         y_hat = state.apply_fn({"params": params}, *X)
         return self._batch_loss(y_hat, y, lambda r: r**2 / 2)
 
@@ -197,7 +201,8 @@ class LinearRegressionScratch(_LinearModel):
     def _params_for_predict(self) -> Params:
         params = self.current_params()
         if params is None:  # before any fit: flax init (the key is ignored by the initializers)
-            params = self.apply_init((jnp.zeros((1, self.num_inputs), jnp.float32),), jax.random.key(0))["params"]
+            dummy = (jnp.zeros((1, self.num_inputs), jnp.float32),)
+            params = self.apply_init(dummy, jax.random.key(0))["params"]
             self._parked_params = params
         return params
 
@@ -229,7 +234,7 @@ class LinearRegression(_LinearModel):
 
     def _kernel_init(self, key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         del key  # d2lx's NumPy stream, not flax's key, makes every backend start alike
-        w, _ = initial_linear_params(generator("params", self.seed), int(shape[0]), self.sigma)
+        w, _ = initial_linear_params(generator("params", self.seed), int(shape[0]), self.sigma)  # type: ignore[arg-type]
         return jnp.asarray(w.reshape(tuple(shape)), dtype)
 
     def setup(self) -> None:
@@ -238,7 +243,7 @@ class LinearRegression(_LinearModel):
     def forward(self, X: jax.Array) -> jax.Array:
         return self.net(X)
 
-    def loss(self, params: Params, X: Sequence[jax.Array], y: jax.Array, state: Any) -> jax.Array:
+    def loss(self, params: Params, X: Sequence[jax.Array], y: jax.Array, state: Any) -> jax.Array:  # type: ignore[override]
         y_hat = state.apply_fn({"params": params}, *X)
         return self._batch_loss(y_hat, y, optax.squared_error)
 

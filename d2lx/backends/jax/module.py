@@ -16,7 +16,6 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from flax.training import train_state
@@ -89,7 +88,7 @@ def strip_state(state: TrainState) -> tuple[ArrayState, OptDef]:
 
 
 def bind_state(spec: Any, arrays: ArrayState, rng: jax.Array) -> TrainState:
-    """A :class:`TrainState` again, inside a trace (``apply_fn``/``tx``/the optimizer's structure from ``spec``)."""
+    """A :class:`TrainState` again, inside a trace (``apply_fn``, ``tx``, optimizer structure: ``spec``)."""
     return TrainState(step=arrays.step, apply_fn=spec.model.apply, params=arrays.params, tx=spec.tx,
                       opt_state=join_opt_state(arrays.opt_state, spec.opt_def),
                       batch_stats=arrays.batch_stats, dropout_rng=rng)
@@ -182,8 +181,8 @@ class Module(ModuleBase, nn.Module):
     def _params_for_predict(self) -> Params:
         params = self.current_params()
         if params is None:
-            raise NotFittedError(f"{type(self).__name__} has no parameters yet: call trainer.fit(model, data) "
-                                 "first, or set_w_b(w, b)")
+            raise NotFittedError(f"{type(self).__name__} has no parameters yet: call "
+                                 "trainer.fit(model, data) first, or set_w_b(w, b)")
         return params
 
     @nn.nowrap
@@ -205,7 +204,7 @@ class Module(ModuleBase, nn.Module):
     def replace_params(self, params: Params) -> None:
         """Make ``params`` the parameters the next training step starts from."""
         trainer = self.__dict__.get("trainer")
-        if self._owner_state() is not None:
+        if trainer is not None and self._owner_state() is not None:
             trainer.state = trainer.state.replace(params=params)
         self._parked_params = params
 
@@ -280,7 +279,7 @@ CACHE_SIZE = 64  #: compiled programs kept per kind (init, training steps); leas
 _INIT_CACHE: OrderedDict[Hashable, Callable[..., Params]] = OrderedDict()
 
 
-def bounded_cache(cache: OrderedDict[Hashable, Any], key: Hashable,
+def bounded_cache(cache: OrderedDict[Any, Any], key: Hashable,
                   build: Callable[[], tuple[Hashable, Any]]) -> Any:
     """``cache[key]``, else ``build()`` -> ``(stored_key, value)`` stored under ``stored_key``.
 

@@ -35,8 +35,18 @@ import numpy as np
 import optax
 
 from d2lx.backends.jax.distributed import shard_batch
-from d2lx.backends.jax.module import (ArrayState, Module, OptDef, Params, bind_state, bounded_cache, detached,
-                                     join_opt_state, split_opt_state, strip_state)
+from d2lx.backends.jax.module import (
+    ArrayState,
+    Module,
+    OptDef,
+    Params,
+    bind_state,
+    bounded_cache,
+    detached,
+    join_opt_state,
+    split_opt_state,
+    strip_state,
+)
 from d2lx.errors import ArgumentTypeError
 from d2lx.loader import ArrayLoader, Batch
 from d2lx.step import CAUSES, Divergence, EpochResult, step_loss
@@ -197,9 +207,9 @@ def fresh_flags(steps: int) -> tuple[jax.Array, ...]:
     return (jnp.bool_(False), jnp.int32(-1), jnp.int32(0), jnp.int32(0), jnp.zeros((steps,), jnp.float32))
 
 
-def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array, tensors: tuple[jax.Array, ...],
-              order: jax.Array | None, batch_size: int, val: tuple[Any, Any] | None
-              ) -> tuple[ArrayState, Params, jax.Array]:
+def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
+              tensors: tuple[jax.Array, ...], order: jax.Array | None, batch_size: int,
+              val: tuple[Any, Any] | None) -> tuple[ArrayState, Params, jax.Array]:
     """A whole epoch in one call: gather, every step, the tail, validation, the record."""
     stacks, tail, fresh = batch_split(tensors, order, batch_size)
     carry = Carry(state, grads, *fresh)
@@ -296,7 +306,8 @@ class JaxStep:
 
     def _finish(self, state: ArrayState, grads: Params, applied: bool) -> None:
         trainer = self.trainer
-        trainer.state = trainer.state.replace(step=state.step, params=state.params, batch_stats=state.batch_stats,
+        trainer.state = trainer.state.replace(step=state.step, params=state.params,
+                                              batch_stats=state.batch_stats,
                                               opt_state=join(state.opt_state, trainer.state.opt_state))
         if applied:
             trainer.last_grads = grads
@@ -327,7 +338,8 @@ class JaxStep:
             state, grads, record = carry.state, carry.grads, fns.finish(carry, rng, val_split)
         host = np.asarray(jax.device_get(record))  # the epoch's one device-to-host transfer
         divergence = divergence_of(host[steps:steps + 3])
-        self._finish(state, grads, applied=divergence is None or divergence.step > 0 or trainer.last_grads is not None)
+        applied = divergence is None or divergence.step > 0 or trainer.last_grads is not None
+        self._finish(state, grads, applied=applied)
         losses = host[:steps] if divergence is None else host[:divergence.step + 1]
         return EpochResult(losses, None if val is None else host[steps + 3:], divergence)
 
@@ -335,7 +347,8 @@ class JaxStep:
         if self._carry is None:
             state, _ = strip_state(self.trainer.state)
             self._carry = Carry(state, self._grads(), *fresh_flags(0))
-        self._carry, loss = compiled(self._spec(True)).batch(self._carry, self.trainer.state.dropout_rng, batch)
+        step = compiled(self._spec(True)).batch
+        self._carry, loss = step(self._carry, self.trainer.state.dropout_rng, batch)
         return loss
 
     def evaluate(self, batch: Batch) -> jax.Array:

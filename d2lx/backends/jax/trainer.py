@@ -21,8 +21,17 @@ import numpy as np
 from d2lx.backends.jax.distributed import make_mesh
 from d2lx.backends.jax.module import ByIdentity, Module, Params, TrainState, module_key, strip_state
 from d2lx.backends.jax.ops import JaxOps, gpu_devices, place
-from d2lx.backends.jax.step import (Carry, JaxStep, Programs, StepSpec, clip_by_global_norm, compiled,
-                                   fresh_flags, split, zeros_like)
+from d2lx.backends.jax.step import (
+    Carry,
+    JaxStep,
+    Programs,
+    StepSpec,
+    clip_by_global_norm,
+    compiled,
+    fresh_flags,
+    split,
+    zeros_like,
+)
 from d2lx.data import DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
 from d2lx.errors import ArgumentTypeError, CheckpointError, DeviceUnavailableError, InvalidArgumentError
@@ -141,7 +150,8 @@ class Trainer(TrainerBase):
         dummy = _first_rows(tuple(example[:-1]))
         model._parked_params = place(model.initial_params(dummy, params_key), self._placement)
 
-    def fit(self, model: Any, data: DataModule, ckpt_path: Any = None, key: jax.Array | None = None) -> History:
+    def fit(self, model: Any, data: DataModule, ckpt_path: Any = None,
+            key: jax.Array | None = None) -> History:
         """Train ``model`` on ``data``; see the core's ``fit`` (``key``: d2l's optional PRNG key)."""
         if isinstance(ckpt_path, jax.Array):  # d2l for JAX: fit(model, data, key)
             if key is not None:
@@ -203,7 +213,8 @@ class Trainer(TrainerBase):
 
     def _load_leaves(self, tree: Any, state: dict[str, np.ndarray], what: str) -> Any:
         flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-        keys = [jax.tree_util.keystr(path) for path, leaf in flat if isinstance(leaf, (jax.Array, np.ndarray))]
+        keys = [jax.tree_util.keystr(path) for path, leaf in flat
+                if isinstance(leaf, (jax.Array, np.ndarray))]
         if sorted(keys) != sorted(state):
             raise CheckpointError(f"the checkpoint's {what} {sorted(state)} does not fit this run's "
                                   f"{sorted(keys)}; resume with the same model and the same optimizer")
@@ -302,4 +313,5 @@ def _check_key(key: Any) -> jax.Array | None:
     if isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
                                        or (key.dtype == jnp.uint32 and key.shape == (2,))):
         return key
-    raise ArgumentTypeError(f"key must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), got {key!r}")
+    raise ArgumentTypeError(
+        f"key must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), got {key!r}")

@@ -9,7 +9,7 @@ d2l 3.4. ``NAMESPACE`` is what the reader's namespace holds.
 from __future__ import annotations
 
 import torch as _torch
-import torch._dynamo  # noqa: F401  # torch.optim imports it lazily (~1.7 s); pay it at import, not in fit
+import torch._dynamo  # torch.optim imports it lazily (~1.7 s); pay it at import, not in fit
 
 from d2lx import namespace as _namespace
 from d2lx.backends.torch import ops as _ops

@@ -23,6 +23,9 @@ from d2lx.seeding import generator, initial_linear_params, resolve_seed
 class SGD(HyperParameters):
     """Minibatch stochastic gradient descent, hand-written (d2l 3.4.3)."""
 
+    params: Sequence[torch.Tensor]
+    lr: float
+
     def __init__(self, params: Sequence[torch.Tensor], lr: float) -> None:
         self.save_hyperparameters()
 
@@ -38,7 +41,7 @@ class SGD(HyperParameters):
 
 
 def _huber(loss: str, huber_sigma: float) -> nn.Module | None:
-    """``nn.HuberLoss(delta=s)`` is ``s`` times d2l's Huber loss with sigma ``s`` (divided out in ``loss``)."""
+    """``nn.HuberLoss(delta=s)``: ``s`` times d2l's Huber loss with sigma ``s`` (``loss`` divides it out)."""
     return nn.HuberLoss(delta=huber_sigma) if loss == "huber" else None
 
 
@@ -56,7 +59,7 @@ class LinearRegressionScratch(LinearModel, Module):
         super().__init__()
         self.init_linear(num_inputs=num_inputs, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
         self.huber = _huber(self.loss_name, self.huber_sigma)
-        w, b = initial_linear_params(generator("params", resolve_seed(seed)), self.num_inputs, self.sigma)
+        w, b = initial_linear_params(generator("params", resolve_seed(seed)), int(num_inputs), self.sigma)
         self.w = nn.Parameter(torch.from_numpy(w))
         self.b = nn.Parameter(torch.from_numpy(b))
 

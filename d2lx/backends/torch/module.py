@@ -35,7 +35,7 @@ class Module(ModuleBase, nn.Module):
         self.save_hyperparameters()
 
     def apply_init(self, inputs: Sequence[Any], init: Any = None) -> None:
-        """d2l 6.4: build lazy layers with one forward pass on ``inputs``, then apply ``init`` to ``self.net``."""
+        """d2l 6.4: build lazy layers by a forward pass on ``inputs``; apply ``init`` to ``self.net``."""
         self.forward(*inputs)
         if init is not None:
             self.net.apply(init)

@@ -106,7 +106,8 @@ class TorchStep:
         return torch.as_tensor(loss).detach()
 
     def divergence(self, end_of_epoch: bool = False) -> Divergence | None:
-        if self._bad is None and end_of_epoch and self.check and self._applied and not all_finite(self.params):
+        last_update_overflowed = self.check and self._applied and not all_finite(self.params)
+        if self._bad is None and end_of_epoch and last_update_overflowed:
             self._restore()  # the epoch's last update overflowed
             self._bad = Divergence(self._applied - 1, "parameters", "epoch")
         return self._bad

@@ -133,4 +133,5 @@ class Trainer(TrainerBase):
         if "torch_cpu" in state:
             torch.set_rng_state(torch.from_numpy(np.array(state["torch_cpu"], dtype=np.uint8)))
         if "torch_cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(torch.from_numpy(np.array(state["torch_cuda"], dtype=np.uint8)), self.device)
+            cuda = torch.from_numpy(np.array(state["torch_cuda"], dtype=np.uint8))
+            torch.cuda.set_rng_state(cuda, self.device)
