@@ -16,12 +16,12 @@ jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 pytest.importorskip("flax")
 
+import functools  # noqa: E402
+
 import jax.numpy as jnp  # noqa: E402
 
 import d2lx  # noqa: E402
 from d2lx import jax as d2l  # noqa: E402
-import functools  # noqa: E402
-
 from d2lx.backends.jax.step import Carry, train_step  # noqa: E402
 from d2lx.data import SyntheticRegressionData  # noqa: E402
 

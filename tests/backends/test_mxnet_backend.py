@@ -27,6 +27,11 @@ from d2lx.seeding import generator, initial_linear_params  # noqa: E402
 RTOL, ATOL = 1e-4, 2e-5
 
 
+def _example(num_inputs: int) -> tuple[Any, Any]:
+    """A batch of one example of ``num_inputs`` features: what ``materialize`` builds a layer from."""
+    return np.zeros((1, num_inputs)), np.zeros((1, 1))
+
+
 @pytest.fixture(scope="module")
 def d2l() -> Any:
     return registry.load("mxnet")
@@ -44,7 +49,7 @@ def test_modules_are_gluon_blocks_and_the_concise_layer_is_a_hybridized_dense(d2
 
 def test_concise_weights_are_the_core_draw_transposed_into_dense(d2l: Any) -> None:
     model = d2l.LinearRegression(lr=0.03, sigma=0.5, seed=11)
-    model.materialize(3, mx.cpu())
+    model.materialize(_example(3), mx.cpu())
     w_ref, b_ref = initial_linear_params(generator("params", 11), 3, 0.5)
     # Gluon-native access, as d2l's `self.net.weight.data()`: Dense keeps (1, num_inputs).
     onp.testing.assert_array_equal(model.net.weight.data().asnumpy(), w_ref.T)
@@ -55,7 +60,7 @@ def test_concise_weights_are_the_core_draw_transposed_into_dense(d2l: Any) -> No
 
 
 def test_concise_weights_before_the_first_fit_are_an_error(d2l: Any) -> None:
-    with pytest.raises(RuntimeError, match="before its first fit"):
+    with pytest.raises(d2lx.NotFittedError, match="has no weights yet: its layer learns its width"):
         d2l.LinearRegression(lr=0.03).get_w_b()
 
 
@@ -161,7 +166,7 @@ def test_set_w_b_keeps_the_gradients_attached(d2l: Any, model: str) -> None:
     data = SyntheticRegressionData(w=[1.5, -0.5], b=1.0, num_train=90, num_val=0, batch_size=9, seed=2)
     net = (d2l.LinearRegressionScratch(2, lr=0.03, seed=1) if model == "scratch"
            else d2l.LinearRegression(lr=0.03, seed=1))
-    net.materialize(2, mx.cpu())
+    net.materialize(_example(2), mx.cpu())
     net.set_w_b(*initial_linear_params(generator("params", 2), 2, 0.01))  # seed 2's start
     seen: list[tuple[onp.ndarray, onp.ndarray]] = []
     d2l.Trainer(max_epochs=2, progress=False,
@@ -186,19 +191,26 @@ def test_data_is_copied_to_the_context_once_and_batches_stay_there(d2l: Any) -> 
 
 
 def test_epoch_losses_come_back_as_float64_in_order(d2l: Any) -> None:
+    from d2lx.backends.mxnet.step import all_finite
+
     trainer = d2l.Trainer(max_epochs=1, progress=False)
     values = [np.array(v, dtype="float32") for v in (0.5, 1.25, 3.0)]
-    out = trainer._losses_to_host(values)
+    out = trainer.ops.to_host(values)
     assert out.dtype == onp.float64
     onp.testing.assert_array_equal(out, [0.5, 1.25, 3.0])
-    assert trainer._is_finite(values[0]) and not trainer._is_finite(np.array(float("nan")))
+    # A reader's own loop may plot host numbers between device values: order is kept.
+    mixed = trainer.ops.to_host([values[0], 7.0, np.array([1.0, 2.0]), onp.float32(4.5)])
+    onp.testing.assert_array_equal(mixed, [0.5, 7.0, 1.0, 2.0, 4.5])
+    assert trainer.ops.to_host([]).shape == (0,)
+    assert all_finite([values[0]]) and not all_finite([values[0], np.array(float("nan"))])
+    assert not all_finite([values[1], np.array([1.0, float("inf")], ctx=mx.cpu(1))])  # any context
 
 
 def test_gpu_requests_map_to_mx_gpu(d2l: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the d2lx-to-MXNet mapping: mx.gpu(N) is a context object, made without a GPU."""
-    from d2lx.backends.mxnet import trainer as mx_trainer
+    from d2lx.backends.mxnet import ops
 
-    monkeypatch.setattr(mx_trainer, "visible_gpus", lambda: 2)
+    monkeypatch.setattr(ops, "visible_gpus", lambda: 2)
     assert d2l.Trainer(max_epochs=1, device="gpu:1").device == mx.gpu(1)
     assert d2l.Trainer(max_epochs=1, num_gpus=1).device == mx.gpu(0)
     with pytest.raises(d2lx.DeviceUnavailableError, match=r"only 2 GPU\(s\)"):
@@ -211,3 +223,55 @@ def test_backend_namespace(d2l: Any) -> None:
     assert d2l.list_devices()[0] == "cpu"
     assert d2l.default_array_ops().device_key == "mxnet:cpu(0)"
     assert mx.util.is_np_array()  # npx.set_np() ran on import
+
+
+#: d2l 1.0.3's alias table for MXNet (``# Alias defined in config.ini`` in d2l/mxnet.py): the names.
+D2L_ALIASES = ("size", "transpose", "nn_Module", "sigmoid", "batch_matmul", "ones_like", "ones",
+               "zeros_like", "zeros", "arange", "meshgrid", "sin", "sinh", "cos", "cosh", "tanh",
+               "linspace", "exp", "log", "tensor", "normal", "randn", "expand_dims", "rand", "matmul",
+               "int32", "int64", "float32", "concat", "stack", "abs", "eye", "numpy", "reshape", "to",
+               "reduce_sum", "argmax", "astype", "reduce_mean", "swapaxes", "repeat")
+
+
+def test_the_alias_table_has_d2ls_names_and_meanings(d2l: Any) -> None:
+    missing = [name for name in D2L_ALIASES if not hasattr(d2l, name)]
+    assert not missing
+    assert d2l.nn_Module is gluon.nn.Block and d2l.tensor is np.array and d2l.matmul is np.dot
+    assert d2l.normal is np.random.normal and d2l.concat is np.concatenate and d2l.float32 is np.float32
+    x = d2l.tensor([[1.0, -2.0, 3.0], [4.0, 5.0, -6.0]])
+    assert d2l.size(x) == 6 and d2l.transpose(x).shape == (3, 2)
+    host = d2l.numpy(x)
+    assert isinstance(host, onp.ndarray) and host.tolist() == [[1.0, -2.0, 3.0], [4.0, 5.0, -6.0]]
+    assert float(d2l.reduce_sum(x)) == 5.0 and float(d2l.reduce_mean(x, axis=0)[1]) == 1.5
+    assert d2l.reshape(x, (3, 2)).shape == (3, 2) and d2l.reshape(x, -1).shape == (6,)
+    assert int(d2l.argmax(x)) == 4 and d2l.astype(x, "int32").dtype == onp.int32
+    assert d2l.swapaxes(x, 0, 1).shape == (3, 2) and d2l.repeat(x, 2).shape == (12,)
+    assert d2l.to(x, mx.cpu(1)).ctx == mx.cpu(1)
+    onp.testing.assert_allclose(d2l.sigmoid(np.zeros(2)).asnumpy(), [0.5, 0.5])
+    assert d2l.batch_matmul(np.ones((2, 3, 4)), np.ones((2, 4, 5))).shape == (2, 3, 5)
+    assert isinstance(d2l.randn(2, 3), np.ndarray) and d2l.zeros(1).shape == (1,)
+
+
+def test_device_helpers_are_d2ls(d2l: Any) -> None:
+    assert d2l.cpu() == mx.cpu() and d2l.gpu(1) == mx.gpu(1)
+    assert d2l.num_gpus() == sum(1 for d in d2l.list_devices() if d.startswith("gpu"))
+    if d2l.num_gpus() == 0:
+        assert d2l.try_gpu() == mx.cpu() and d2l.try_all_gpus() == [mx.cpu()]
+
+
+def test_the_gpu_count_of_a_cpu_only_build_is_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU-only MXNet may raise when asked how many GPUs it has: that means none."""
+    from mxnet import npx
+
+    from d2lx.backends.mxnet import ops
+
+    def raises() -> int:
+        raise mx.base.MXNetError("CUDA: no device")
+
+    monkeypatch.setattr(npx, "num_gpus", raises)
+    assert ops.num_gpus() == 0 and ops.visible_gpus() == 0
+
+
+def test_steps_per_execution_without_a_fused_path_warns(d2l: Any) -> None:
+    with pytest.warns(UserWarning, match="the mxnet backend has no fused path"):
+        d2l.Trainer(max_epochs=1, steps_per_execution=8)

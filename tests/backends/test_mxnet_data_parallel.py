@@ -49,6 +49,13 @@ def _fit(d2l: Any, model: str, devices: int, **trainer_kw: Any) -> tuple[Any, An
     return net, trainer
 
 
+def _start(d2l: Any, model: str) -> Any:
+    """The model before training: built (a concise layer learns its width from a batch), untrained."""
+    net = build_model(d2l, model, 3, 0.05, 6)
+    net.materialize((mx.np.zeros((1, 3)), mx.np.zeros((1, 1))), mx.cpu())
+    return net
+
+
 def _copies(net: Any) -> list[tuple[onp.ndarray, onp.ndarray]]:
     return [tuple(a.asnumpy().reshape(-1) for a in net.param_arrays(ctx)) for ctx in net.contexts()]
 
@@ -62,9 +69,7 @@ def test_parameters_have_one_equal_copy_per_context(d2l: Any, model: str) -> Non
     assert [a.ctx for a in net.param_arrays(mx.cpu(1))] == [mx.cpu(1), mx.cpu(1)]
     for got, want in zip(copies[1], copies[0]):
         onp.testing.assert_array_equal(got, want)
-    start = build_model(d2l, model, 3, 0.05, 6)
-    start.materialize(3, mx.cpu())
-    assert not onp.allclose(copies[0][0], start.get_w_b()[0].reshape(-1))  # it trained
+    assert not onp.allclose(copies[0][0], _start(d2l, model).get_w_b()[0].reshape(-1))  # it trained
     if model == "concise":
         assert isinstance(trainer.optim, gluon.Trainer) and net.net.weight.list_ctx() == TWO
 
@@ -163,8 +168,7 @@ def test_a_nan_in_one_shard_stops_before_the_update(d2l: Any, model: str) -> Non
     trainer = d2l.Trainer(max_epochs=1, devices=2, progress=False)
     with pytest.raises(d2lx.DivergenceError, match="epoch 0, step 0"):
         trainer.fit(net, ArrayData(X, y, batch_size=8))
-    fresh = build_model(d2l, model, 3, 0.05, 6)
-    fresh.materialize(3, mx.cpu())
+    fresh = _start(d2l, model)
     for copy in _copies(net):
         onp.testing.assert_array_equal(copy[0], fresh.get_w_b()[0].reshape(-1))
 
@@ -191,10 +195,28 @@ def test_huber_is_gluons_loss_and_recorded_in_hparams(d2l: Any) -> None:
 
 
 def test_get_grads_before_any_step_is_an_error(d2l: Any) -> None:
-    with pytest.raises(RuntimeError, match="no gradients yet"):
+    with pytest.raises(d2lx.NotFittedError, match="no gradients yet"):
         d2l.LinearRegressionScratch(2, lr=0.1).get_grads()
+    concise = d2l.LinearRegression(lr=0.1)
+    concise.set_w_b(onp.ones((3, 1)), onp.zeros(1))  # built, but never stepped
+    with pytest.raises(d2lx.NotFittedError, match="no gradients yet"):
+        concise.get_grads()
 
 
 def test_predict_before_any_weights_is_an_error(d2l: Any) -> None:
-    with pytest.raises(RuntimeError, match="before its first fit"):
+    with pytest.raises(d2lx.NotFittedError, match="has no weights yet"):
         d2l.LinearRegression(lr=0.1).predict(onp.zeros((2, 3), onp.float32))
+
+
+def test_a_foreign_loaders_batch_too_small_to_split_is_refused(d2l: Any) -> None:
+    """d2lx's own loaders are checked before the first step; a foreign loader's batches as they come."""
+    X, y = onp.ones((9, 3), onp.float32), onp.ones((9, 1), onp.float32)
+
+    class Batches(d2l.DataModule):  # type: ignore[misc, name-defined]
+        def get_dataloader(self, train: bool) -> Any:
+            return [(X[i:i + 4], y[i:i + 4]) for i in range(0, 9, 4)] if train else None
+
+    trainer = d2l.Trainer(max_epochs=1, devices=2, progress=False)
+    with pytest.raises(d2lx.InvalidArgumentError, match=r"a batch of 1 example\(s\) cannot be split across"):
+        trainer.fit(d2l.LinearRegressionScratch(3, lr=0.05), Batches())
+    assert trainer.train_batch_idx == 2  # the two full batches were applied

@@ -1,14 +1,19 @@
-"""``d2l.Module`` for MXNet: a ``gluon.Block`` with d2l's methods."""
+"""``d2l.Module`` for MXNet: a ``gluon.Block`` with d2l's methods, on one context or several."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import mxnet as mx
 import numpy as onp
-from mxnet import gluon, np
+from mxnet import autograd, np
+from mxnet.gluon.parameter import DeferredInitializationError
 
 from d2lx.module import ModuleBase
+
+_REPLICAS = "_d2lx_replicas"  # in the instance __dict__: host bookkeeping, not a Gluon child
 
 
 def context_list(ctx: mx.Context | Sequence[mx.Context]) -> list[mx.Context]:
@@ -16,26 +21,41 @@ def context_list(ctx: mx.Context | Sequence[mx.Context]) -> list[mx.Context]:
     return [ctx] if isinstance(ctx, mx.Context) else list(ctx)
 
 
-class Module(ModuleBase, gluon.Block):
-    """Base class of models: ``gluon.Block`` + ``training_step``/``validation_step``...
+def plain_arrays(block: Any) -> dict[str, np.ndarray]:
+    """A d2l-style scratch model's trainable arrays: attributes with ``attach_grad`` (by name).
+
+    d2l 3.4 keeps ``self.w = d2l.normal(...); self.w.attach_grad()``: plain
+    arrays that ``collect_params()`` does not list, yet the update changes.
+    """
+    return {name: value for name, value in vars(block).items()
+            if isinstance(value, mx.nd.NDArray) and value.grad is not None}
+
+
+class Module(ModuleBase, mx.gluon.Block):
+    """Base class of models: ``gluon.Block`` + d2l's ``training_step``, ``plot``, ``board``...
 
     A ``Block`` (not a ``HybridBlock``) on purpose: a d2l model keeps Python
     state (``self.trainer``, plain ``attach_grad`` arrays in the scratch model)
     that a symbolic graph cannot hold; the concise model hybridizes its layer
-    (``self.net``) instead, which is where the compute is.
+    (``self.net``), which is where the compute is.
 
-    Three hooks let the trainer treat any model alike: :meth:`contexts`
-    (where copies of the parameters live: one context, or one per device
-    under data parallelism, as Gluon keeps one copy of a ``Parameter`` per
-    context), :meth:`param_arrays` (the trainable arrays on one context; what
-    gradient clipping and the gradient all-reduce act on, because the scratch
-    model's ``attach_grad`` arrays are not Gluon ``Parameter``\\ s) and
-    :meth:`materialize` (finish deferred initialization, place the copies).
+    The trainer treats every model alike through :meth:`materialize` (finish
+    deferred initialization, place the copies), :meth:`contexts` (where
+    copies of the parameters live: one context, or one per device under data
+    parallelism, as Gluon keeps one copy of a ``Parameter`` per context) and
+    :meth:`param_arrays` (the trainable arrays on one context: what clipping,
+    the all-reduce and the guard act on, the scratch model's plain arrays
+    included).
     """
 
     def __init__(self, plot_train_per_epoch: int = 2, plot_valid_per_epoch: int = 1) -> None:
-        gluon.Block.__init__(self)
+        mx.gluon.Block.__init__(self)
         self.save_hyperparameters()
+
+    # -- where the parameters live ------------------------------------------------------
+    def _replicas(self) -> dict[mx.Context, dict[str, np.ndarray]]:
+        """The plain arrays' copies on the further contexts (data parallelism), by context."""
+        return self.__dict__.setdefault(_REPLICAS, {})
 
     def contexts(self) -> list[mx.Context]:
         """The contexts holding a copy of the parameters, the primary one first."""
@@ -44,6 +64,9 @@ class Module(ModuleBase, gluon.Block):
                 return list(param.list_ctx())
             except RuntimeError:  # never initialized
                 continue
+        arrays = list(plain_arrays(self).values())
+        if arrays:
+            return [arrays[0].ctx, *self._replicas()]
         return [mx.cpu()]
 
     def param_arrays(self, ctx: mx.Context | None = None) -> list[np.ndarray]:
@@ -54,19 +77,29 @@ class Module(ModuleBase, gluon.Block):
         that live on ``gpu(0), gpu(1)``.
         """
         ctx = self.contexts()[0] if ctx is None else ctx
-        return [p.data(ctx) for p in self.collect_params().values() if p.grad_req != "null"]
+        arrays = [p.data(ctx) for p in self.collect_params().values() if p.grad_req != "null"]
+        plain = plain_arrays(self)
+        replica = self._replicas().get(ctx)
+        if replica is not None:
+            return arrays + [replica[name] for name in plain]
+        return arrays + [a for a in plain.values() if a.ctx == ctx]
 
-    def materialize(self, num_inputs: int, ctx: mx.Context | Sequence[mx.Context]) -> None:
-        """Move initialized (or deferred) Gluon parameters to ``ctx`` (one context or a list).
+    def materialize(self, example: Sequence[Any], ctx: mx.Context | Sequence[mx.Context]) -> None:
+        """Place the parameters on ``ctx`` (one context or a list); finish deferred init from ``example``.
 
-        A user's d2l-style model that calls ``self.net.initialize(...)`` in its
-        ``__init__`` (as d2l 3.5 does) has parameters on the CPU, or deferred;
-        they follow the trainer's devices here. With several contexts Gluon
-        keeps one synchronised copy per context (``Parameter.reset_ctx``), which
-        is what its ``Trainer`` all-reduces over. Parameters that were never
-        initialized are left alone, so Gluon reports that itself.
+        Gluon parameters get one synchronised copy per context
+        (``Parameter.reset_ctx``), which is what ``gluon.Trainer``
+        all-reduces over; a reader's ``self.net.initialize(...)`` in
+        ``__init__`` (d2l 3.5) leaves them on the CPU, or deferred until the
+        width of the data is known: one forward pass on the real batch
+        ``example`` (already on the first context) completes them. Plain
+        ``attach_grad`` arrays move to the first context with fresh gradient
+        buffers, and each further context gets its own copy (see
+        :meth:`on_context`). Parameters that were never initialized are left
+        alone, so Gluon reports that itself.
         """
         ctxs = context_list(ctx)
+        deferred = False
         for param in self.collect_params().values():
             try:
                 contexts = param.list_ctx()
@@ -74,11 +107,56 @@ class Module(ModuleBase, gluon.Block):
                 continue
             if list(contexts) != ctxs:
                 param.reset_ctx(ctxs)
+            try:
+                param.list_data()
+            except DeferredInitializationError:
+                deferred = True
+        for name, array in plain_arrays(self).items():
+            if array.ctx != ctxs[0]:
+                moved = array.as_in_ctx(ctxs[0])
+                moved.attach_grad()
+                self.__dict__[name] = moved
+        replicas = self._replicas()
+        replicas.clear()
+        for other in ctxs[1:]:
+            copies = {name: array.copyto(other) for name, array in plain_arrays(self).items()}
+            for array in copies.values():
+                array.attach_grad()
+            replicas[other] = copies
+        if deferred:
+            with autograd.pause():
+                self(*example[:-1])
+
+    @contextlib.contextmanager
+    def on_context(self, ctx: mx.Context) -> Iterator[None]:
+        """Let the plain arrays' attributes name their copies on ``ctx`` for a while.
+
+        Gluon picks a parameter's copy by its input's context; a scratch
+        model's ``np.dot(X, self.w)`` cannot. So under data parallelism a
+        shard's step on ``ctx`` runs with ``self.w`` pointing at the copy
+        there: any d2l-style scratch model (and its own ``loss``, e.g. a
+        weight-decay penalty on ``self.w``) becomes data parallel unchanged.
+        """
+        copies = self._replicas().get(ctx)
+        if not copies:
+            yield
+            return
+        saved = {name: self.__dict__[name] for name in copies}
+        self.__dict__.update(copies)
+        try:
+            yield
+        finally:
+            self.__dict__.update(saved)
+
+    def sync_replicas(self) -> None:
+        """Copy the plain arrays' primaries into their copies (after an update of the primaries)."""
+        plain = plain_arrays(self)
+        for copies in self._replicas().values():
+            for name, copy in copies.items():
+                plain[name].copyto(copy)  # in place: the copy keeps its gradient buffer
 
     def predict(self, X: onp.ndarray) -> onp.ndarray:
-        """Forward a NumPy batch on the model's (primary) context; return NumPy (framework-free)."""
-        params = self.param_arrays()
-        ctx = params[0].ctx if params else mx.cpu()
+        """The model's output for a NumPy batch, as NumPy float32 (framework-free)."""
+        ctx = self.contexts()[0]
         out = self(np.array(onp.asarray(X, dtype=onp.float32), dtype=onp.float32, ctx=ctx))
-        result: onp.ndarray = out.asnumpy()
-        return result
+        return onp.asarray(out.asnumpy(), dtype=onp.float32)

@@ -1,0 +1,137 @@
+"""The MXNet step: d2l 3.4's MXNet ``fit_epoch`` body, eager, guarded, one host read per step.
+
+``train`` is d2l's: ``training_step`` (forward and loss) under
+``autograd.record()``, ``loss.backward()``, optional clipping, then
+``optim.step(1)``, for any model and any optimizer (``gluon.Trainer`` or a
+hand-written one with ``step``). The ``1`` matters:
+``gluon.Trainer.step(batch_size)`` divides gradients by its argument, and
+the losses are already minibatch means, so any other value would shrink the
+step (and by a different factor on the shorter last batch).
+
+The guard reads the loss once per step, after the forward pass and before
+``backward`` and the update, as d2l's own loop does when it plots the loss.
+A non-finite loss is never applied. An update that overflows the parameters
+shows up as the next step's non-finite loss, or in the one parameter check at
+the end of the epoch; the model is then reset to a copy taken (on the device)
+at the start of the epoch, the last parameters known to be finite, which is
+cheaper than copying the parameters every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mxnet as mx
+from mxnet import autograd, np
+
+from d2lx.backends.mxnet.ops import as_np
+from d2lx.errors import ArgumentTypeError
+from d2lx.loader import ArrayLoader, Batch
+from d2lx.step import Divergence, EpochResult, step_loss
+
+
+def all_finite(arrays: list[Any]) -> bool:
+    """One host read: are all of ``arrays``' values finite (whatever their contexts)?"""
+    arrays = [as_np(a) for a in arrays]
+    if not arrays:
+        return True
+    first = arrays[0].ctx
+    flags = np.stack([np.isfinite(a).all().as_in_ctx(first) for a in arrays])
+    return bool(flags.all().item())
+
+
+def scalar_loss(loss: Any, what: str) -> np.ndarray:
+    """The loss as a one-element ``mxnet.np`` array; anything else is refused with the fix.
+
+    MXNet's ``backward`` on a vector silently sums it (a per-example loss
+    would take a step ``batch_size`` times too large), so the batch's loss
+    must be one number, as on every d2lx backend.
+    """
+    loss = as_np(loss)
+    if not isinstance(loss, np.ndarray) or loss.size != 1:
+        shape = tuple(loss.shape) if isinstance(loss, np.ndarray) else type(loss).__name__
+        raise ArgumentTypeError(f"{what} must return the batch's loss as one number (a scalar array, "
+                                f"e.g. l.mean()), got {shape}")
+    return loss
+
+
+class MXNetStep:
+    """:class:`d2lx.step.Step` for one MXNet fit (one context; see ``distributed.py`` for several)."""
+
+    host_guard = True
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.model = trainer.model
+        self.optim = trainer.optim
+        self.contexts: list[mx.Context] = list(trainer.contexts)
+        self.params = [a for ctx in self.contexts for a in self.model.param_arrays(ctx)]
+        self.check = trainer.check_finite
+        self._bad: Divergence | None = None
+        self._applied = 0
+        self._snapshot: list[np.ndarray] = []
+
+    def begin_epoch(self) -> None:
+        self._bad, self._applied = None, 0
+        if self.check:  # the last parameters known to be finite (see the module docstring)
+            self._snapshot = [a.copy() for a in self.params]
+
+    def set_training(self, mode: bool) -> None:
+        """Nothing to switch: MXNet's training mode is autograd's (``record()`` trains, outside predicts)."""
+
+    def _loss(self, batch: Batch) -> np.ndarray:
+        with self.trainer.observing() as seen:
+            with autograd.record():
+                out = self.model.training_step(batch)
+            loss = step_loss(out, seen, "training_step")
+        return scalar_loss(loss, "training_step")
+
+    def train(self, batch: Batch) -> np.ndarray:
+        loss = self._loss(batch)
+        if self.check and not math.isfinite(loss.item()):
+            self._refuse(batch)
+            return loss.detach()
+        loss.backward()
+        self.update()
+        self._applied += 1
+        return loss.detach()
+
+    def update(self) -> None:
+        """d2l's update after ``backward``: clip if asked, then ``optim.step(1)`` (see the module doc)."""
+        if self.trainer.gradient_clip_val > 0:
+            self.trainer.clip_gradients(self.trainer.gradient_clip_val, self.model)
+        self.optim.step(1)
+
+    def _refuse(self, batch: Batch) -> None:
+        """Latch why this step's loss is not finite: its data, the last update, or the loss itself."""
+        floats = [a for a in map(as_np, batch) if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
+        if not all_finite(floats):
+            self._bad = Divergence(self._applied, "data")
+        elif not all_finite(self.params):
+            self._restore()
+            self._bad = Divergence(max(self._applied - 1, 0), "parameters", "epoch")
+        else:
+            self._bad = Divergence(self._applied, "loss")
+
+    def _restore(self) -> None:
+        for array, saved in zip(self.params, self._snapshot):
+            array[:] = saved  # in place (every context's copy): the gradient buffers stay attached
+
+    def evaluate(self, batch: Batch) -> Any:
+        """The validation loss, outside ``record()``: no graph, predict mode."""
+        with self.trainer.observing() as seen:
+            loss = step_loss(self.model.validation_step(batch), seen, "validation_step")
+        loss = as_np(loss)
+        return loss.detach() if isinstance(loss, np.ndarray) else loss
+
+    def divergence(self, end_of_epoch: bool = False) -> Divergence | None:
+        if (self._bad is None and end_of_epoch and self.check and self._applied
+                and not all_finite(self.params)):
+            self._restore()  # the epoch's last update overflowed
+            self._bad = Divergence(self._applied - 1, "parameters", "epoch")
+        return self._bad
+
+    def run_epoch(self, train: ArrayLoader, val: ArrayLoader | None, steps_per_execution: int
+                  ) -> EpochResult | None:
+        return None  # eager: the core iterates the loader (batches are slices on the device)
