@@ -216,6 +216,7 @@ class ModelCheckpoint:
         if getattr(trainer, "is_global_zero", True):  # one writer in multi-process runs
             if self._lock is None:
                 self._lock = _PathLock(self.path)
+                self._lock.remove_leftovers()
             trainer.save_checkpoint(self.path)
 
     def release(self) -> None:
@@ -233,6 +234,7 @@ class _PathLock:
         import os
         import weakref
 
+        self.path = path
         self.file = path.parent / f".{path.name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -244,6 +246,14 @@ class _PathLock:
                 f"another run is already writing checkpoints to {path}; give each run its own path "
                 "(two writers would overwrite each other's checkpoints)") from None
         self._finalizer = weakref.finalize(self, _unlock, fd, self.file)
+
+    def remove_leftovers(self) -> None:
+        """Delete the temporary files of writers killed mid-save (this lock's holder is the only writer)."""
+        import contextlib
+
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
     def release(self) -> None:
         self._finalizer()

@@ -64,10 +64,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], what: str) -> 
     tmp = Path(tmp_name)
     try:
         os.close(fd)
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # what a plain open() gives, not mkstemp's 0600
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
