@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from d2lx.checkpoint_v1 import load_npz
 from d2lx.errors import CheckpointError
 from d2lx.outputs import atomic_write
 
@@ -112,9 +113,10 @@ def load(path: str | Path) -> Checkpoint:
     except OSError as exc:
         raise CheckpointError(f"{path} could not be read ({exc.strerror or exc})") from None
     if raw[:4] == b"PK\x03\x04":
-        from d2lx.checkpoint_v1 import load_npz
-
-        return load_npz(path, raw)
+        model, optimizer, old_meta = load_npz(path, raw)
+        old = Checkpoint(model=model, optimizer=optimizer, meta=old_meta)
+        check_fields(path, old)
+        return old
     try:
         from safetensors.numpy import load
 

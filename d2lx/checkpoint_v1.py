@@ -1,8 +1,8 @@
 """Reading d2lx 0.1 checkpoints (``.npz``: NumPy arrays and one JSON document).
 
 They held the two linear models only (``param/w``, ``param/b``), so they
-convert to the current :class:`~d2lx.checkpoint.Checkpoint` with those
-parameters, and every field is checked like a current file's. Anything that
+convert to the current layout (those parameters as the model's state), and
+:mod:`d2lx.checkpoint` checks every field like a current file's. Anything that
 fails is a :class:`~d2lx.errors.CheckpointError`, never a traceback: the
 archive is read from memory, with pickles refused, and every NumPy or zip
 error becomes one message.
@@ -22,8 +22,8 @@ from d2lx.errors import CheckpointError
 FORMAT_V1 = "d2lx-checkpoint"
 
 
-def load_npz(path: Path, raw: bytes) -> Any:
-    from d2lx.checkpoint import Checkpoint, check_fields
+def load_npz(path: Path, raw: bytes) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """``(model, optimizer, meta)`` of a format-1 file (the caller checks the fields)."""
 
     def refuse(why: str) -> CheckpointError:
         return CheckpointError(f"{path} is truncated or not a d2lx checkpoint ({why}); delete it and train "
@@ -54,7 +54,5 @@ def load_npz(path: Path, raw: bytes) -> Any:
         raise refuse("its run description is not a JSON object")
     meta.setdefault("val_step", 0)
     meta["linear"] = True
-    ckpt = Checkpoint(model=params, optimizer=optimizer, meta=meta)
-    check_fields(path, ckpt)
-    return ckpt
+    return params, optimizer, meta
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from d2lx.errors import ArgumentTypeError, InvalidArgumentError
+from d2lx.errors import ArgumentTypeError, InvalidArgumentError, ShapeMismatchError
 
 Batch = tuple[Any, ...]
 
@@ -263,3 +263,29 @@ def declared_length(loader: Any) -> int | None:
     except (TypeError, ValueError):  # no __len__, or tf.data's "length is unknown"
         return None
     return int(length) if length >= 0 else None
+
+
+def as_loader(loader: Any, split: str, refresh: Callable[[], Any]) -> Any:
+    """d2lx's own loader as it is; any other wrapped in :class:`Batches`."""
+    return loader if isinstance(loader, ArrayLoader) else Batches(loader, split, refresh)
+
+
+def known_length(loader: Any) -> int | None:
+    """Batches per epoch where known (``None``: a loader without ``len()``, before its first epoch)."""
+    return len(loader) if isinstance(loader, ArrayLoader) else loader.known_length()
+
+
+def first_batch(loader: Any) -> Batch:
+    """A batch with the data's shapes: d2lx's first rows, or a foreign loader's first batch (kept)."""
+    if isinstance(loader, ArrayLoader):
+        return tuple(t[:1] for t in loader.tensors)
+    return tuple(loader.peek())
+
+
+def check_same_features(train: Batch, val: Batch) -> None:
+    """Refuse a validation set whose rows differ in shape from the training set's (before any step)."""
+    for i, (a, b) in enumerate(zip(train, val)):
+        if tuple(a.shape[1:]) != tuple(b.shape[1:]):
+            raise ShapeMismatchError(
+                f"validation array {i} has rows of shape {tuple(b.shape[1:])} but training array {i} "
+                f"has {tuple(a.shape[1:])}; give both sets the same features")

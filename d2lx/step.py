@@ -4,7 +4,9 @@ The core (:class:`d2lx.trainer.TrainerBase`) owns the control flow of a
 fit: it iterates the loaders, moves foreign batches to the device
 (``prepare_batch``), records the losses a step *returns*, checks for
 divergence, counts batches, validates, feeds the board and runs callbacks.
-An adapter supplies, per fit, an object that satisfies :class:`Step`:
+An adapter is a backend's ``Trainer``: :class:`d2lx.trainer.TrainerBase`
+plus the hooks of :class:`Adapter` (devices, array primitives, placing the
+model, checkpoint state), and per fit an object that satisfies :class:`Step`:
 
 * ``train(batch)`` / ``evaluate(batch)``: one optimizer step, one validation
   batch. Each returns the loss as a value of its framework, left on the
@@ -26,12 +28,13 @@ An adapter supplies, per fit, an object that satisfies :class:`Step`:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from d2lx.devices import DeviceSpec
 from d2lx.errors import ArgumentTypeError
-from d2lx.loader import ArrayLoader, Batch
+from d2lx.loader import ArrayLoader, ArrayOps, Batch
 
 #: Why a step was refused: its loss, the parameters its update made, or its batch was not finite.
 CAUSES = ("loss", "parameters", "data")
@@ -93,6 +96,67 @@ class Step(Protocol):
     def run_epoch(self, train: ArrayLoader, val: ArrayLoader | None,
                   steps_per_execution: int) -> EpochResult | None:
         """The whole epoch over d2lx's device-resident loaders, or ``None`` if not provided."""
+        ...
+
+
+class Adapter(Protocol):
+    """What a backend's ``Trainer`` adds to :class:`d2lx.trainer.TrainerBase`: the rest of the contract."""
+
+    #: The backend's name (``"torch"``), as in ``d2lx.use_backend``.
+    backend_name: ClassVar[str]
+    #: Whether ``steps_per_execution > 1`` runs several steps per compiled call (else: a warning).
+    fuses_steps: ClassVar[bool]
+
+    def _native_device(self, spec: DeviceSpec) -> Any:
+        """The framework's device for ``spec`` (a GPU it cannot see: :func:`d2lx.devices.gpu_unavailable`)."""
+        ...
+
+    def _array_ops(self) -> ArrayOps:
+        """The :class:`~d2lx.loader.ArrayOps` of the training device (or a replicated placement)."""
+        ...
+
+    def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
+        """Prepare ``devices=N`` on the framework's own engine (the core refuses it otherwise)."""
+        ...
+
+    def _check_model(self, model: Any) -> None:
+        """Refuse, with the fix, a model that is not this backend's ``d2l.Module``."""
+        ...
+
+    def _place_model(self, model: Any, example: Batch) -> None:
+        """Build lazy layers from ``example`` (a real batch, on the device) and place the model there."""
+        ...
+
+    def make_step(self) -> Step:
+        """This fit's :class:`Step` (called after ``configure_optimizers`` and any checkpoint restore)."""
+        ...
+
+    def clip_gradients(self, grad_clip_val: float, target: Any) -> Any:
+        """d2l's gradient clipping (joint L2 norm at most ``grad_clip_val``), with d2l's signature."""
+        ...
+
+    def model_state(self) -> dict[str, Any]:
+        """Every array of the model's state (parameters, buffers, batch statistics) by name, as NumPy."""
+        ...
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        """Put :meth:`model_state` back; refuse names or shapes that do not fit, with the fix."""
+        ...
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's arrays by name, as NumPy (plain SGD: none)."""
+        ...
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Put :meth:`optimizer_state` back into the optimizer ``configure_optimizers`` made."""
+        ...
+
+    def rng_state(self) -> dict[str, Any]:
+        """The framework's random generators that loaders and layers draw from (for exact resume)."""
+        ...
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Put :meth:`rng_state` back (only checkpoints of the same backend)."""
         ...
 
 

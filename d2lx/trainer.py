@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,15 +32,25 @@ from d2lx.errors import ArgumentTypeError, InvalidArgumentError
 from d2lx.guard import raise_divergence, raise_if_not_finite
 from d2lx.history import History, LossMeter
 from d2lx.hyperparameters import HyperParameters
-from d2lx.loader import ArrayLoader, ArrayOps, Batch, Batches, batch_size_of
+from d2lx.loader import (
+    ArrayLoader,
+    ArrayOps,
+    Batch,
+    as_loader,
+    batch_size_of,
+    check_same_features,
+    first_batch,
+    known_length,
+)
 from d2lx.module import ModuleBase
 from d2lx.outputs import check_output_path
 from d2lx.progress import progress_bar, progress_enabled
+from d2lx.reporting import Reporting
 from d2lx.step import Step
 from d2lx.validation import check_float, check_int
 
 
-class TrainerBase(HyperParameters):
+class TrainerBase(Reporting, HyperParameters):
     """d2l's ``Trainer(max_epochs, num_gpus=0, gradient_clip_val=0)`` plus d2lx options.
 
     Keyword-only options:
@@ -110,12 +120,11 @@ class TrainerBase(HyperParameters):
         self._step: Step | None = None
         self._observing: list[tuple[str, Any, bool]] | None = None
 
-    # -- adapter hooks ------------------------------------------------------------------
+    # -- the adapter's hooks: documented once, in d2lx.step.Adapter -----------------------------
     def _native_device(self, spec: DeviceSpec) -> Any:
         raise NotImplementedError
 
     def _array_ops(self) -> ArrayOps:
-        """The :class:`~d2lx.loader.ArrayOps` of this trainer's device (or replicated placement)."""
         raise NotImplementedError
 
     def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
@@ -123,40 +132,34 @@ class TrainerBase(HyperParameters):
                                    f"{self.strategy!r} yet; train on one device (devices=1)")
 
     def _check_model(self, model: Any) -> None:
-        """Refuse what is not a d2lx ``Module`` of this backend, with the fix."""
         if not isinstance(model, ModuleBase):
             raise ArgumentTypeError(
                 f"fit() trains a d2lx Module, got {type(model).__name__}; subclass "
                 f"d2l.Module of `from d2lx import {self.backend_name} as d2l` for your model")
 
     def _place_model(self, model: Any, example: Batch) -> None:
-        """Build lazy layers from ``example`` (a real batch on the device) and place the model."""
         raise NotImplementedError
 
     def make_step(self) -> Step:
-        """This fit's :class:`~d2lx.step.Step` (after ``configure_optimizers``)."""
         raise NotImplementedError
 
     def model_state(self) -> dict[str, np.ndarray]:
-        """Every array of the model's state (parameters, buffers) by name, as NumPy."""
         raise NotImplementedError
 
     def load_model_state(self, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        """The optimizer's arrays by name, as NumPy (plain SGD: none)."""
         return {}
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore :meth:`optimizer_state` into the optimizer ``configure_optimizers`` made."""
+        pass
 
     def rng_state(self) -> dict[str, np.ndarray]:
-        """The framework's global random generators (what its loaders and dropout draw from)."""
         return {}
 
     def load_rng_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore :meth:`rng_state` (a checkpoint written by this backend)."""
+        pass
 
     @property
     def is_global_zero(self) -> bool:
@@ -182,14 +185,14 @@ class TrainerBase(HyperParameters):
                                     "wrap arrays with d2lx.ArrayData(X, y)")
         data.bind(self.ops)
         self.data = data
-        self.train_dataloader = _loader(data.train_dataloader(), "training", data.train_dataloader)
+        self.train_dataloader = as_loader(data.train_dataloader(), "training", data.train_dataloader)
         val = data.val_dataloader()
-        self.val_dataloader = None if val is None else _loader(val, "validation", data.val_dataloader)
-        self.num_train_batches = _length(self.train_dataloader) or 0
-        self.num_val_batches = 0 if self.val_dataloader is None else (_length(self.val_dataloader) or 0)
-        self._example = _first_batch(self.train_dataloader)
+        self.val_dataloader = None if val is None else as_loader(val, "validation", data.val_dataloader)
+        self.num_train_batches = known_length(self.train_dataloader) or 0
+        self.num_val_batches = 0 if self.val_dataloader is None else (known_length(self.val_dataloader) or 0)
+        self._example = first_batch(self.train_dataloader)
         if self.val_dataloader is not None:
-            _check_same_features(self._example, _first_batch(self.val_dataloader))
+            check_same_features(self._example, first_batch(self.val_dataloader))
 
     def prepare_model(self, model: Any) -> None:
         """Attach the model, check it against the data, build it and place it on the device."""
@@ -288,7 +291,7 @@ class TrainerBase(HyperParameters):
                 self._check(step, first)
             self.train_batch_idx += 1
         self._check(step, first, end_of_epoch=True)
-        self.num_train_batches = _length(train) or self.train_batch_idx - first
+        self.num_train_batches = known_length(train) or self.train_batch_idx - first
         if val is None:
             return
         step.set_training(False)
@@ -296,109 +299,14 @@ class TrainerBase(HyperParameters):
             batch = self.prepare_batch(batch)
             self._val_meter.add(step.evaluate(batch), batch_size_of(batch))
             self.val_batch_idx += 1
-        self.num_val_batches = _length(val) or self.num_val_batches
+        self.num_val_batches = known_length(val) or self.num_val_batches
 
     def _check(self, step: Step, first: int, end_of_epoch: bool = False) -> None:
         divergence = step.divergence(end_of_epoch)
         if divergence is not None:
             raise_divergence(self, first, divergence)
 
-    # -- what a model's plot() reports ----------------------------------------------------------
-    @contextlib.contextmanager
-    def observing(self, draw_extras: bool = True) -> Iterator[list[tuple[str, Any, bool]]]:
-        """Collect the ``plot`` calls of one step as ``(key, value, train)``.
-
-        d2lx's loop records the loss the step returns (or, if it returns
-        nothing, the one it plotted: :func:`d2lx.step.step_loss`); other keys
-        are drawn on the board when the step ends, unless ``draw_extras`` is
-        false (a step being traced has only symbolic values).
-        """
-        previous, self._observing = self._observing, []
-        seen = self._observing
-        try:
-            yield seen
-        finally:
-            self._observing = previous
-            if draw_extras:
-                for key, value, train in seen:
-                    if key != "loss":
-                        self._draw(self.model, key, value, train)
-
-    def observe(self, model: Any, key: str, value: Any, train: bool) -> None:
-        """A model's ``self.plot(key, value, train)``: d2l's board, and the loss for the history.
-
-        Inside d2lx's loop the value is only collected (:meth:`observing`).
-        From a reader's own ``fit_epoch`` it is recorded: a training loss
-        that is not finite stops the run here, before the step's update.
-        """
-        if self._observing is not None:
-            self._observing.append((key, value, train))
-            return
-        if key == "loss":
-            if train and self.check_finite:
-                raise_if_not_finite(self, None, [value])
-            loader = self.train_dataloader if train else self.val_dataloader
-            (self._train_meter if train else self._val_meter).add(value, getattr(loader, "current_size", 1))
-        self._board_fed = True
-        self._draw(model, key, value, train)
-
-    def _draw(self, model: Any, key: str, value: Any, train: bool) -> None:
-        """d2l's board position of a value reported now: fraction of epochs done (train), or epoch + 1."""
-        n = self.num_train_batches or 1
-        if train:
-            x, every = self.train_batch_idx / n, n / model.plot_train_per_epoch
-        else:
-            x, every = self.epoch + 1, (self.num_val_batches or 1) / model.plot_valid_per_epoch
-        model.board.draw(x, value, ("train_" if train else "val_") + key, every_n=max(1, int(every)))
-
-    def _feed_board(self, train: np.ndarray, val: np.ndarray, first_step: int) -> None:
-        """Draw an epoch's losses on the model's board at d2l's positions, from host values."""
-        model, board = self.model, self.model.board
-        n = self.num_train_batches or max(1, len(train))
-        every = max(1, int(n / model.plot_train_per_epoch))
-        for i, value in enumerate(train):
-            board.draw((first_step + i) / n, float(value), "train_loss", every_n=every)
-        every = max(1, int(max(1, len(val)) / model.plot_valid_per_epoch))
-        for value in val:
-            board.draw(self.epoch + 1, float(value), "val_loss", every_n=every)
-
     # -- checkpoints and results --------------------------------------------------------------
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write the run's whole state to ``path`` (safetensors, atomic); see :mod:`d2lx.checkpoint`."""
         return resume.save_trainer(self, path)
-
-    def plot(self, path: str | Path) -> Path:
-        """Write the model's board (d2l's loss curves of the last ``fit``) to ``path``."""
-        from d2lx.outputs import write_figure
-
-        model = self.model
-        if model is None:
-            raise InvalidArgumentError("nothing to plot yet: call fit(model, data) first")
-        lr = getattr(model, "lr", None)
-        title = f"{type(model).__name__}" + (f", lr={lr:g}" if isinstance(lr, (int, float)) else "")
-        title += f" · {self.backend_name}, {', '.join(str(s) for s in self.device_specs)}"
-        return write_figure(lambda tmp, fmt: model.board.save(tmp, title=title, format=fmt), path)
-
-
-def _loader(loader: Any, split: str, refresh: Callable[[], Any]) -> Any:
-    return loader if isinstance(loader, ArrayLoader) else Batches(loader, split, refresh)
-
-
-def _length(loader: Any) -> int | None:
-    return len(loader) if isinstance(loader, ArrayLoader) else loader.known_length()
-
-
-def _first_batch(loader: Any) -> Batch:
-    if isinstance(loader, ArrayLoader):
-        return tuple(t[:1] for t in loader.tensors)
-    return tuple(loader.peek())
-
-
-def _check_same_features(train: Batch, val: Batch) -> None:
-    from d2lx.errors import ShapeMismatchError
-
-    for i, (a, b) in enumerate(zip(train, val)):
-        if tuple(a.shape[1:]) != tuple(b.shape[1:]):
-            raise ShapeMismatchError(
-                f"validation array {i} has rows of shape {tuple(b.shape[1:])} but training array {i} "
-                f"has {tuple(a.shape[1:])}; give both sets the same features")

@@ -32,6 +32,9 @@ class SGD(HyperParameters):
     argument; with the 1 d2l passes, the result is the same.)
     """
 
+    params: Sequence[np.ndarray]
+    lr: float
+
     def __init__(self, params: Sequence[np.ndarray], lr: float) -> None:
         self.save_hyperparameters()
 
@@ -90,7 +93,7 @@ class LinearRegressionScratch(LinearModel, Module):
         super().__init__()
         self.init_linear(num_inputs=num_inputs, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
         self.huber = _huber(self.loss_name, self.huber_sigma)
-        w, b = initial_linear_params(generator("params", resolve_seed(seed)), self.num_inputs, self.sigma)
+        w, b = initial_linear_params(generator("params", resolve_seed(seed)), int(num_inputs), self.sigma)
         self.w = np.array(w, dtype=onp.float32)
         self.b = np.array(b, dtype=onp.float32)
         self.w.attach_grad()

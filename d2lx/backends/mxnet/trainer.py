@@ -138,7 +138,8 @@ class Trainer(TrainerBase):
         for index, value in _updaters(optim)[0].states.items():
             _flatten(f"state.{index}", value, out)
         if out:
-            counts = next((c for c in optim._optimizer._all_index_update_counts.values() if c), {})
+            counts: dict[int, int] = next(
+                (c for c in optim._optimizer._all_index_update_counts.values() if c), {})
             out.update({f"count.{i}": onp.asarray(n, dtype=onp.int64) for i, n in counts.items()})
         return out
 
