@@ -120,8 +120,8 @@ def test_any_altered_field_is_refused_or_loads_as_written(tmp_path: Path, field:
 
 
 def test_a_nan_parameter_is_reported_as_a_damaged_file_not_as_divergence(tmp_path: Path) -> None:
-    ckpt = checkpoint.Checkpoint(model={"w": np.array([[np.nan], [1.0]], np.float32), "b": np.zeros(1, np.float32)},
-                                 meta=_meta())
+    model = {"w": np.array([[np.nan], [1.0]], np.float32), "b": np.zeros(1, np.float32)}
+    ckpt = checkpoint.Checkpoint(model=model, meta=_meta())
     path = checkpoint.save(tmp_path / "nan.safetensors", ckpt)
     with pytest.raises(d2lx.CheckpointError, match=r"holds NaN or inf, which training never saves"):
         checkpoint.load(path)

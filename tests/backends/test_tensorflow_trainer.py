@@ -13,7 +13,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 import d2lx  # noqa: E402
-import d2lx.backends.tensorflow as d2l  # noqa: E402
+import d2lx.tensorflow as d2l  # noqa: E402  (the reader's namespace)
 from d2lx.data import ArrayData, SyntheticRegressionData  # noqa: E402
 from d2lx.seeding import generator, initial_linear_params  # noqa: E402
 
@@ -57,7 +57,7 @@ def test_one_trace_per_run_not_per_epoch_or_short_batch(kind: str, steps: int) -
     trainer, _, _ = _fit(kind, steps, epochs=4, gradient_clip_val=50.0 + steps)
     assert not trainer.compile_cache_hit
     assert trainer.trace_counts == {"train": 1, "val": 1}  # Python-side counter
-    compiled = trainer._compiled
+    compiled = trainer._step.compiled
     assert compiled.fns["train"].experimental_get_tracing_count() == 1  # TensorFlow's own count
     assert compiled.fns["val"].experimental_get_tracing_count() == 1
 
@@ -71,8 +71,8 @@ def test_a_fresh_model_of_the_same_structure_reuses_the_compiled_step_on_its_own
     g1 = net1.get_grads()
     second, net2, seen2 = _fit(kind, steps, gradient_clip_val=60.0 + steps)
     assert second.compile_cache_hit and second.trace_counts == {"train": 0, "val": 0}
-    assert second._compiled is first._compiled
-    assert second._compiled.fns["train"].experimental_get_tracing_count() == 1
+    assert second._step.compiled is first._step.compiled
+    assert second._step.compiled.fns["train"].experimental_get_tracing_count() == 1
     for (w, b), (w_ref, b_ref) in zip(seen2, seen1, strict=True):  # the same run again
         np.testing.assert_allclose(w, w_ref, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(b, b_ref, rtol=1e-6, atol=1e-7)
@@ -109,10 +109,31 @@ def test_other_structures_and_user_models_are_traced_anew() -> None:
         assert not trainer.compile_cache_hit and trainer.trace_counts["train"] == 1
 
 
-def test_losses_stay_on_the_device_until_the_epoch_ends() -> None:
-    trainer, _, _ = _fit("scratch", 1, epochs=1)
-    values = trainer._train_meter.values
-    assert len(values) == 15 and all(isinstance(v, tf.Tensor) for v in values)
+@pytest.mark.parametrize("steps", [1, 4])
+def test_losses_stay_on_the_device_and_an_epoch_is_read_in_one_transfer(
+        steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorflow.python.framework import ops as tf_ops
+
+    reads: list[tuple[int, ...]] = []
+    numpy = tf_ops._EagerTensorBase.numpy
+
+    def counted(self: Any) -> np.ndarray:
+        reads.append(tuple(self.shape))
+        return numpy(self)
+
+    def run(batch_size: int) -> list[tuple[int, ...]]:
+        data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=120, num_val=40, batch_size=batch_size)
+        trainer = d2l.Trainer(max_epochs=2, steps_per_execution=steps, progress=False)
+        net = d2l.LinearRegressionScratch(2, lr=0.03)
+        reads.clear()
+        monkeypatch.setattr(tf_ops._EagerTensorBase, "numpy", counted)
+        trainer.fit(net, data)
+        monkeypatch.undo()
+        return list(reads)
+
+    few, many = run(40), run(8)  # 3 + 1 and 15 + 5 steps per epoch
+    assert len(few) == len(many) == 2  # one read per epoch, whatever the number of steps
+    assert many == [(15 + 5 + 2,)] * 2  # training losses, validation losses and the guard's latch
 
 
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
@@ -190,24 +211,37 @@ def test_clip_gradients_leaves_small_gradients_alone() -> None:
     np.testing.assert_allclose(trainer.clip_gradients(0.25, grads)[0].numpy(), [[0.15], [0.2]], rtol=1e-6)
 
 
+class MomentumModel(d2l.LinearRegression):
+    def configure_optimizers(self) -> Any:
+        return tf.keras.optimizers.SGD(self.lr, momentum=0.9)
+
+
 def test_keras_optimizer_state_round_trips_and_rejects_a_foreign_state() -> None:
     data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=100, num_val=0, batch_size=10)
     trainer = d2l.Trainer(max_epochs=2, progress=False)
-    trainer.fit(d2l.LinearRegression(lr=0.03), data)
-    state = trainer._optimizer_state()
-    iteration = [v for k, v in state.items() if k.endswith("iteration")]
-    assert len(iteration) == 1 and int(iteration[0]) == 20
+    trainer.fit(MomentumModel(lr=0.03), data)
+    state = trainer.optimizer_state()
+    # The slots (momentum per variable), by position and name, not Keras' numbered path; the step
+    # counter and the learning rate are the run's step and the model's lr, not optimizer state.
+    assert sorted(state) == ["0:dense_kernel_momentum", "1:dense_bias_momentum"], state
+    assert all(np.abs(v).sum() > 0 for v in state.values())
     fresh = d2l.Trainer(max_epochs=1, progress=False)
-    fresh.model = d2l.LinearRegression(lr=0.03)
-    fresh.model.materialize(2, "/CPU:0")
+    fresh.model = MomentumModel(lr=0.03)
+    fresh.model.materialize((tf.zeros((1, 2)), tf.zeros((1, 1))), "/CPU:0")
     fresh.optim = fresh.model.configure_optimizers()
-    fresh._load_optimizer_state(state)
-    assert int(fresh.optim.iterations.numpy()) == 20
+    fresh.load_optimizer_state(state)
+    np.testing.assert_array_equal(sorted(v.tobytes() for v in fresh.optimizer_state().values()),
+                                  sorted(v.tobytes() for v in state.values()))
     with pytest.raises(d2lx.CheckpointError, match="does not match"):
-        fresh._load_optimizer_state({"0:adam/iteration": np.array(3)})
+        fresh.load_optimizer_state({"0:adam/m": np.array(3)})
+    plain = d2l.Trainer(max_epochs=1, progress=False)
+    plain.fit(d2l.LinearRegression(lr=0.03), data)
+    assert plain.optimizer_state() == {}  # Keras' plain SGD: nothing but step and lr
     scratch = d2l.Trainer(max_epochs=1, progress=False)
     scratch.fit(d2l.LinearRegressionScratch(2, lr=0.03), data)
-    assert scratch._optimizer_state() == {}
+    assert scratch.optimizer_state() == {}
+    with pytest.raises(d2lx.CheckpointError, match="keeps none"):
+        scratch.load_optimizer_state(state)
 
 
 def test_data_is_sent_to_the_device_once() -> None:
@@ -254,37 +288,66 @@ def test_cpp_log_level_defaults_to_quiet_unless_the_user_set_it(preset: str | No
     assert out.stdout.strip() == expected
 
 
+def _d2l_fit_epoch(self: Any) -> None:
+    """d2l 1.0.3's TensorFlow ``Trainer.fit_epoch`` (the book's 3.4 cell), as a reader adds it."""
+    self.model.training = True
+    for batch in self.train_dataloader:
+        with tf.GradientTape() as tape:
+            loss = self.model.training_step(self.prepare_batch(batch))
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        if self.gradient_clip_val > 0:
+            grads = self.clip_gradients(self.gradient_clip_val, grads)
+        self.optim.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.train_batch_idx += 1
+    if self.val_dataloader is None:
+        return
+    self.model.training = False
+    for batch in self.val_dataloader:
+        self.model.validation_step(self.prepare_batch(batch))
+        self.val_batch_idx += 1
+
+
+def test_tensorflows_start_up_log_lines_follow_the_log_level() -> None:
+    """TF 2.21 logs at import (oneDNN) before its logging reads the level: the import holds them to it."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", "import d2lx.backends.tensorflow"], capture_output=True,
+                         text=True, env=env, timeout=120, check=True)
+    assert out.stderr.strip() == ""  # the default level 2: no INFO banner, no absl preamble
+
+
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
 def test_d2l_eager_fit_epoch_written_for_tensorflow_matches_the_compiled_step(kind: str) -> None:
-    """d2l's own TF ``fit_epoch`` (eager tape loop) still works and gives the compiled run's result."""
+    """d2l's own TF ``fit_epoch`` (an eager tape loop, added with add_to_class) gives the compiled result."""
 
-    class EagerTrainer(d2l.Trainer):
-        def fit_epoch(self) -> None:  # d2l 1.0.3's TensorFlow Trainer.fit_epoch, verbatim in spirit
-            for batch in self.train_dataloader:
-                with tf.GradientTape() as tape:
-                    loss = self.model.training_step(self.prepare_batch(batch))
-                grads = tape.gradient(loss, self.model.trainable_variables)
-                if self.gradient_clip_val > 0:
-                    grads = self.clip_gradients(self.gradient_clip_val, grads)
-                self.optim.apply_gradients(zip(grads, self.model.trainable_variables))
-                self.train_batch_idx += 1
-            if self.val_dataloader is None:
-                return
-            for batch in self.val_dataloader:
-                self.model.validation_step(self.prepare_batch(batch))
-                self.val_batch_idx += 1
+    class EagerTrainer(d2l.Trainer):  # a subclass, so that d2l.Trainer itself stays untouched
+        pass
 
+    d2l.add_to_class(EagerTrainer)(_d2l_fit_epoch)
     runs = []
     for cls in (EagerTrainer, d2l.Trainer):
         data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=90, num_val=20, batch_size=8, seed=5)
         net = _model(kind, 2, 0.03, seed=5)
-        history = cls(max_epochs=2, gradient_clip_val=1.0, progress=False).fit(net, data)
+        trainer = cls(max_epochs=2, gradient_clip_val=1.0, progress=False)
+        history = trainer.fit(net, data)
+        assert trainer.train_batch_idx == 2 * 12 and trainer.val_batch_idx == 2 * 3  # 20 = 8 + 8 + 4
         runs.append((*net.get_w_b(), history.train_loss, history.val_loss))
     (w1, b1, t1, v1), (w2, b2, t2, v2) = runs
     np.testing.assert_allclose(w1, w2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b1, b2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(t1, t2, rtol=1e-5)
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
+
+
+def test_d2l_eager_fit_epoch_stops_a_diverging_run_before_the_bad_update() -> None:
+    class EagerTrainer(d2l.Trainer):
+        pass
+
+    d2l.add_to_class(EagerTrainer)(_d2l_fit_epoch)
+    data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=640, num_val=0, batch_size=16)
+    net = d2l.LinearRegressionScratch(2, lr=60.0)
+    with pytest.raises(d2lx.DivergenceError, match="the loss became NaN or inf"):
+        EagerTrainer(max_epochs=20, progress=False).fit(net, data)
+    assert np.isfinite(net.get_w_b()[0]).all()
 
 
 def test_autograph_can_be_switched_on_for_python_control_flow_on_tensors() -> None:
@@ -302,3 +365,157 @@ def test_autograph_can_be_switched_on_for_python_control_flow_on_tensors() -> No
     trainer.autograph = True
     history = trainer.fit(Branchy(2, lr=0.03), data)
     assert np.isfinite(history.train_loss[0])
+
+
+class _NumpyBatches(d2lx.DataModule):
+    """The batches an ``ArrayData`` loader yields, as NumPy float64 batches from a generator."""
+
+    def __init__(self, data: Any, seed: int) -> None:
+        super().__init__(seed=seed)
+        self.source, self.batch_size = data, data.batch_size
+
+    def get_dataloader(self, train: bool) -> Any:
+        return None if not train and self.source.X_val is None else self._batches(train)
+
+    def _batches(self, train: bool) -> Any:  # a generator: d2lx asks for a new one every epoch
+        d, bs = self.source, self.batch_size
+        X, y = (d.X, d.y) if train else (d.X_val, d.y_val)
+        order = self.shuffle_rng.permutation(len(X)) if train else np.arange(len(X))  # ArrayLoader's draw
+        for i in range(0, len(X), bs):
+            yield X[order[i:i + bs]].astype(np.float64), y[order[i:i + bs]]
+
+
+@pytest.mark.parametrize("kind", ["scratch", "concise"])
+def test_any_other_loader_runs_one_traced_step_per_batch_and_equals_the_compiled_epoch(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    X, X_val = rng.standard_normal((100, 3)), rng.standard_normal((30, 3))
+    w = np.array([[2.0], [-3.4], [0.5]])
+    y, y_val = X @ w + 4.2, X_val @ w + 4.2
+    runs = []
+    for data in (ArrayData(X, y, X_val, y_val, batch_size=7, seed=3),
+                 _NumpyBatches(ArrayData(X, y, X_val, y_val, batch_size=7), seed=3)):
+        net = _model(kind, 3, 0.03, seed=1)
+        trainer = d2l.Trainer(max_epochs=3, progress=False)
+        history = trainer.fit(net, data)
+        runs.append((trainer, net.get_w_b(), history))
+    (_, (w1, b1), h1), (other, (w2, b2), h2) = runs
+    assert other._step.compiled is None and set(other._step.functions) == {"train", "val"}
+    assert other.trace_counts == {"train": 1, "val": 1}  # full and short (100 % 7) batches: one graph
+    assert other.train_batch_idx == 3 * 15 and other.val_batch_idx == 3 * 5
+    np.testing.assert_allclose(w2, w1, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(b2, b1, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(h2.train_loss, h1.train_loss, rtol=1e-6)
+    np.testing.assert_allclose(h2.val_loss, h1.val_loss, rtol=1e-6)
+    loss = other._step.train(other.prepare_batch((X[:5], y[:5])))
+    assert isinstance(loss, tf.Tensor) and loss.shape == () and "CPU:0" in loss.device  # left on the device
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("loader", ["array", "numpy"])
+def test_an_update_that_overflows_the_parameters_is_undone_and_named(steps: int, loader: str) -> None:
+    """A finite loss whose update makes w inf: the guard restores w from before the step, exactly."""
+    X = np.full((4, 1), 1e18, np.float32)
+    y = np.zeros((4, 1), np.float32)  # loss ~ 1e32 (finite), gradient ~ 1e34, lr * gradient overflows
+    data = ArrayData(X, y, batch_size=4)
+    data = data if loader == "array" else _NumpyBatches(data, 0)
+    net = d2l.LinearRegressionScratch(1, lr=1e10, seed=3)
+    w0, b0 = net.get_w_b()
+    trainer = d2l.Trainer(max_epochs=2, steps_per_execution=steps, progress=False)
+    with pytest.raises(d2lx.DivergenceError, match="the update made the parameters NaN or inf") as info:
+        trainer.fit(net, data)
+    assert info.value.step == 0 and trainer.train_batch_idx == 0
+    np.testing.assert_array_equal(net.get_w_b()[0], w0)
+    np.testing.assert_array_equal(net.get_w_b()[1], b0)
+    with pytest.raises(d2lx.NotFittedError, match="no gradients yet"):  # no update was ever applied
+        net.get_grads()
+
+
+def test_a_refused_step_refuses_every_later_step_of_its_epoch() -> None:
+    """Batch 1 has a NaN; batches 2 and 3 are clean but must not be applied either."""
+    X = np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32)
+    y = X @ np.array([[1.0], [2.0]], np.float32)
+    batches = [(X[i:i + 8].copy(), y[i:i + 8]) for i in range(0, 32, 8)]
+    batches[1][0][0, 0] = np.nan
+
+    class Dirty(d2lx.DataModule):
+        batch_size = 8
+
+        def get_dataloader(self, train: bool) -> Any:
+            return batches if train else None
+
+    seen: list[Any] = []
+    net = d2l.LinearRegression(lr=0.1)
+    trainer = d2l.Trainer(max_epochs=1, progress=False)
+    original = d2l.Trainer.prepare_batch
+
+    def record(self: Any, batch: Any) -> Any:  # the parameters before each step
+        if self.model.net.built:
+            seen.append(self.model.get_w_b())
+        return original(self, batch)
+
+    trainer.prepare_batch = record.__get__(trainer)
+    with pytest.raises(d2lx.NonFiniteDataError, match="training batch 1 of epoch 0"):
+        trainer.fit(net, Dirty())
+    assert len(seen) == 4 and not np.array_equal(seen[1][0], seen[0][0])  # batch 0 was applied
+    for w_b in [*seen[2:], net.get_w_b()]:  # batches 1, 2 and 3 were not
+        np.testing.assert_array_equal(w_b[0], seen[1][0])
+
+
+def test_a_keras_model_state_round_trips_by_position_and_refuses_another_model() -> None:
+    class MLP(d2l.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="relu"),
+                                            tf.keras.layers.BatchNormalization(), tf.keras.layers.Dense(1)])
+
+        def loss(self, y_hat: Any, y: Any) -> Any:
+            return tf.reduce_mean(tf.square(y_hat - y))
+
+        def configure_optimizers(self) -> Any:
+            return tf.keras.optimizers.SGD(0.01)
+
+    data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=64, num_val=0, batch_size=16)
+    trainer = d2l.Trainer(max_epochs=1, progress=False)
+    trainer.fit(MLP(), data)
+    state = trainer.model_state()
+    names = [k.split(":", 1)[1] for k in sorted(state, key=lambda k: int(k.split(":")[0]))]
+    assert names[:2] == ["kernel", "bias"] and "moving_mean" in names  # batch statistics too
+    other = d2l.Trainer(max_epochs=1, progress=False)
+    other.model = MLP()
+    other.model.materialize((tf.zeros((1, 2)), tf.zeros((1, 1))), "/CPU:0")
+    other.load_model_state(state)
+    assert sorted(other.model_state()) == sorted(state)  # Keras' per-instance numbering is not in the keys
+    for key, value in other.model_state().items():
+        np.testing.assert_array_equal(value, state[key])
+    with pytest.raises(d2lx.CheckpointError, match="model state does not match"):
+        other.load_model_state({k: v for k, v in state.items() if not k.startswith("0:")})
+
+
+def test_tensorflows_global_generator_is_saved_and_restored_when_used() -> None:
+    trainer = d2l.Trainer(max_epochs=1, progress=False)
+    generator = tf.random.get_global_generator()
+    state = trainer.rng_state()
+    assert set(state) == {"tf_global_generator"}
+    first = generator.normal((3,)).numpy()
+    trainer.load_rng_state(state)
+    np.testing.assert_array_equal(generator.normal((3,)).numpy(), first)
+
+
+def test_the_compiled_step_cache_does_not_keep_a_finished_fits_data_alive() -> None:
+    import gc
+    import weakref
+
+    def fit() -> tuple[Any, Any]:
+        data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=100, num_val=20, batch_size=10)
+        trainer = d2l.Trainer(max_epochs=1, gradient_clip_val=80.0, progress=False)  # a structure of its own
+        trainer.fit(d2l.LinearRegression(lr=0.03), data)
+        assert not trainer.compile_cache_hit
+        return weakref.ref(trainer), weakref.ref(data)
+
+    trainer, data = fit()
+    gc.collect()
+    assert trainer() is None and data() is None
+    again = d2l.Trainer(max_epochs=1, gradient_clip_val=80.0, progress=False)  # the cache still serves
+    again.fit(d2l.LinearRegression(lr=0.03), SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=100,
+                                                                      num_val=20, batch_size=10))
+    assert again.compile_cache_hit and np.isfinite(again.history.train_loss).all()

@@ -45,7 +45,8 @@ def _one_error_line(out: subprocess.CompletedProcess[str], words: str) -> None:
      "must hold numbers"),
     (lambda: ArrayData(np.ones((8, 2)), np.ones(8), np.ones((4, 3)), np.ones(4)), d2lx.ShapeMismatchError,
      "validation X has 3 features but training X has 2"),
-    (lambda: SyntheticRegressionData(w=np.ones((2, 2)), b=1.0), d2lx.ShapeMismatchError, "w must be a vector"),
+    (lambda: SyntheticRegressionData(w=np.ones((2, 2)), b=1.0), d2lx.ShapeMismatchError,
+     "w must be a vector"),
     (lambda: SyntheticRegressionData(w="abc", b=1.0), d2lx.ArgumentTypeError, "w must hold numbers"),
     (lambda: SyntheticRegressionData(w=None, b=1.0), d2lx.ArgumentTypeError, "w is None"),
     (lambda: SyntheticRegressionData(w=[1e39], b=1.0), d2lx.InvalidArgumentError, "w has 1 value"),
@@ -82,7 +83,7 @@ def test_a_validation_set_of_another_width_is_refused_before_training(d2l: Any) 
 
 # -- models and trainers ------------------------------------------------------------------------
 def test_weights_and_gradients_before_fit_are_a_not_fitted_error(d2l: Any) -> None:
-    with pytest.raises(d2lx.NotFittedError, match="call trainer.fit"):
+    with pytest.raises(d2lx.NotFittedError, match=r"call trainer\.fit"):
         d2l.LinearRegression(lr=0.1).get_w_b()
     with pytest.raises(d2lx.NotFittedError, match="no training step has been applied"):
         d2l.LinearRegressionScratch(2, lr=0.1).get_grads()
@@ -90,7 +91,7 @@ def test_weights_and_gradients_before_fit_are_a_not_fitted_error(d2l: Any) -> No
 
 def test_fitting_something_that_is_not_a_d2lx_module_says_what_to_subclass(d2l: Any) -> None:
     data = SyntheticRegressionData(w=[1.0], b=0.0, num_train=16, batch_size=8)
-    with pytest.raises(d2lx.ArgumentTypeError, match="d2l.Module"):
+    with pytest.raises(d2lx.ArgumentTypeError, match=r"d2l\.Module"):
         d2l.Trainer(max_epochs=1, progress=False).fit(object(), data)
 
 
@@ -130,7 +131,8 @@ def test_a_validation_loss_that_overflows_is_an_error(d2l: Any) -> None:
 
 # -- resuming -----------------------------------------------------------------------------------
 def _checkpointed(d2l: Any, path: Path, **data_args: Any) -> None:
-    args = {"w": [2, -3.4], "b": 4.2, "num_train": 64, "num_val": 16, "batch_size": 16, "seed": 1, **data_args}
+    args = {"w": [2, -3.4], "b": 4.2, "num_train": 64, "num_val": 16, "batch_size": 16, "seed": 1,
+            **data_args}
     callback = ModelCheckpoint(path)
     d2l.Trainer(max_epochs=2, progress=False, callbacks=[callback]).fit(
         d2l.LinearRegression(lr=0.03), SyntheticRegressionData(**args))
@@ -215,7 +217,7 @@ def test_a_plot_that_fails_after_training_keeps_the_result(d2l: Any, backend_nam
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(d2lx.ProgressBoard, "save", disk_full)
-    with pytest.raises(d2lx.OutputError, match="could not write the plot .* No space left on device"):
+    with pytest.raises(d2lx.OutputError, match=r"could not write the plot .* No space left on device"):
         trainer.fit(d2l.LinearRegression(lr=0.03), data)
     assert len(trainer.history) == 2 and np.isfinite(trainer.model.get_w_b()[0]).all()
     assert list(tmp_path.iterdir()) == []  # no 0-byte image, no temporary file

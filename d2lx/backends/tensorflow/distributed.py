@@ -19,11 +19,14 @@ as in TensorFlow's "custom training loop with ``tf.distribute``" guide:
   per-example losses. ``strategy.extended.batch_reduce_to(SUM, ...)`` adds
   the replicas' losses and gradients in one cross-device reduction, which
   gives exactly the global batch's mean loss and its gradient.
-* The update (clipping, the finite-loss guard, the optimizer) then runs once
-  in cross-replica context on that summed gradient; Keras optimizers and
-  ``MirroredVariable.assign_sub`` apply it to every copy. (In replica
-  context a Keras optimizer would all-reduce the gradients itself; here they
-  are already reduced, so clipping and ``get_grads`` see the global gradient.)
+* The guard, clipping and ``get_grads`` see that global loss and gradient,
+  in cross-replica context (:class:`DataParallelStep` is
+  :class:`~d2lx.backends.tensorflow.step.TFStep` with its gradients and its
+  update replaced). d2l's hand-written ``SGD`` updates the mirrored
+  variables with it there (``MirroredVariable.assign_sub`` writes every
+  copy). A Keras optimizer must be applied in replica context under a
+  strategy, where it sums the replicas' gradients itself; it gets each
+  replica's own weighted gradient, scaled by the clipping factor of the sum.
 
 N-device training therefore ends where one-device training ends, within
 float32 rounding. Validation runs on the first device with the (identical)
@@ -37,8 +40,10 @@ from typing import Any
 
 import tensorflow as tf
 
+from d2lx.backends.tensorflow.step import TFStep
 from d2lx.data import check_shardable
 from d2lx.errors import InvalidArgumentError
+from d2lx.loader import Batch
 
 
 def ensure_logical_cpus(count: int) -> None:
@@ -110,7 +115,7 @@ def mirrored_strategy(devices: Sequence[str]) -> tf.distribute.MirroredStrategy:
 
 
 class DataParallel:
-    """The ``MirroredStrategy`` of one trainer, the batch check and the sharded step."""
+    """The ``MirroredStrategy`` of one trainer, the batch check and the sharded gradients."""
 
     def __init__(self, devices: Sequence[str]) -> None:
         self.devices = list(devices)
@@ -121,11 +126,8 @@ class DataParallel:
         """Refuse batches that would leave a device without examples (before any step)."""
         check_shardable(num_examples, batch_size, self.world)
 
-    def loss_and_grads(
-        self,
-        replica_fn: Callable[[tuple[Any, ...], tf.Tensor], tuple[tf.Tensor, list[Any]]],
-        batch: tuple[Any, ...],
-    ) -> tuple[tf.Tensor, list[Any], Any]:
+    def loss_and_grads(self, replica_fn: Callable[[Batch, tf.Tensor], tuple[Any, list[Any]]],
+                       batch: Batch) -> tuple[tf.Tensor, list[Any], Any]:
         """Run ``replica_fn(shard, weight)`` on every device; sum losses and gradients across them.
 
         Called while tracing, in cross-replica context. ``replica_fn`` returns
@@ -152,8 +154,7 @@ class DataParallel:
         loss, local = self.strategy.run(on_replica, args=tuple(batch))
         values = [loss, *local]
         # Destination = the values' own devices: an all-reduce (the efficient batched path).
-        summed = self.strategy.extended.batch_reduce_to(
-            tf.distribute.ReduceOp.SUM, [(v, v) for v in values])
+        summed = self.strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, [(v, v) for v in values])
         first = [self.strategy.experimental_local_results(v)[0] for v in summed]
         rest = iter(first[1:])
         return first[0], [None if gone else next(rest) for gone in missing], local
@@ -162,9 +163,7 @@ class DataParallel:
                           scale: tf.Tensor | None) -> None:
         """``optim.apply_gradients`` in replica context, on each replica's own gradients.
 
-        Keras optimizers must be applied in replica context under a strategy
-        (their update goes through ``merge_call``), where they all-reduce
-        (sum) the replicas' gradients themselves; the sum of the weighted
+        The Keras optimizer all-reduces (sums) them; the sum of the weighted
         shard gradients is the global batch's gradient. ``scale`` is the
         clipping factor computed from that sum (the same on every replica).
         """
@@ -175,3 +174,27 @@ class DataParallel:
             optim.apply_gradients(list(zip(grads, variables)))
 
         self.strategy.run(on_replica, args=tuple(local))
+
+
+class DataParallelStep(TFStep):
+    """:class:`~d2lx.backends.tensorflow.step.TFStep` over the strategy's devices (never cached)."""
+
+    def __init__(self, trainer: Any, dp: DataParallel) -> None:
+        super().__init__(trainer)
+        self.dp = dp
+        self._local: Any = None  # trace-time values: the replicas' gradients and their sum
+        self._summed: list[Any] = []
+
+    def _gradients(self, batch: Batch) -> tuple[Any, list[Any]]:
+        loss, grads, self._local = self.dp.loss_and_grads(self._loss_and_grads, batch)
+        self._summed = [g for g in grads if g is not None]
+        return loss, grads
+
+    def _apply(self, pairs: list[tuple[Any, Any]]) -> None:
+        if not isinstance(self.optim, tf.keras.optimizers.Optimizer):
+            super()._apply(pairs)  # d2l's SGD: assign_sub on the mirrored variables, cross-replica
+            return
+        clip, scale = self.trainer.gradient_clip_val, None
+        if clip > 0:  # tf.clip_by_global_norm's factor, of the summed gradient
+            scale = clip * tf.minimum(1.0 / tf.linalg.global_norm(self._summed), 1.0 / clip)
+        self.dp.apply_in_replicas(self.optim, self._local, [v for _, v in pairs], scale)

@@ -1,26 +1,36 @@
-"""Linear regression from scratch (d2l 3.4) and concise (d2l 3.5) in TensorFlow/Keras."""
+"""Linear regression from scratch (d2l 3.4) and concise (d2l 3.5): TensorFlow/Keras' lines.
+
+What both models share on every backend (checks, hyperparameters, ``w``/``b``
+in d2lx's layout) is :class:`d2lx.linear.LinearModel`; this file only says
+where TensorFlow keeps ``w`` and ``b``, which layer, loss and optimizer run,
+and how the gradients the step applied are found (the compiled step keeps
+them in device variables, see :meth:`d2lx.backends.tensorflow.step.TFStep.applied_gradients`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from d2lx.backends.tensorflow.module import Module, same_device
+from d2lx.backends.tensorflow.module import Module
+from d2lx.backends.tensorflow.ops import same_device
 from d2lx.hyperparameters import HyperParameters
-from d2lx.module import check_linear_args, check_loss_args, check_regression_shapes
+from d2lx.linear import LinearModel
 from d2lx.seeding import generator, initial_linear_params, resolve_seed
 
 
 class SGD(HyperParameters):
     """Minibatch stochastic gradient descent, hand-written (d2l 3.4.3, TensorFlow flavour).
 
-    Same interface as d2l's TensorFlow ``SGD(lr)``: the trainer hands it
-    ``(gradient, variable)`` pairs and it updates each variable in place with
-    ``assign_sub(lr * grad)``. Works eagerly and inside ``tf.function``.
+    d2l's TensorFlow interface: the trainer hands it ``(gradient, variable)``
+    pairs and it updates each variable in place with ``assign_sub(lr * grad)``.
+    Works eagerly and inside ``tf.function``.
     """
+
+    lr: float  # set by save_hyperparameters
 
     def __init__(self, lr: float) -> None:
         self.save_hyperparameters()
@@ -30,15 +40,18 @@ class SGD(HyperParameters):
             param.assign_sub(self.lr * grad)
 
 
-def huber_loss(loss_fn: tf.keras.losses.Huber, sigma: float, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    """The batch mean of d2l 3.5.6's Huber loss, through Keras' ``Huber(delta=sigma)``.
+def optimizer_variables(optim: Any, variables: Sequence[Any], device: str) -> list[Any]:
+    """A Keras optimizer's variables, built now, eagerly, on ``device`` ([] for d2l's ``SGD``).
 
-    Keras' Huber is ``r**2 / 2`` if ``|r| <= delta`` else ``delta * |r| - delta**2 / 2``,
-    which is ``delta`` times the seed's ``r**2 / (2 sigma)`` / ``|r| - sigma / 2``
-    (same ``|r| > sigma`` boundary), so it is divided by ``delta``.
-    ``loss_fn`` has ``reduction=None`` (see :func:`batch_mean`).
+    Inside ``tf.function`` Keras would create them during the first trace;
+    building first keeps variable creation out of the compiled step.
     """
-    return batch_mean(loss_fn, y_hat, y) / sigma
+    if not isinstance(optim, tf.keras.optimizers.Optimizer):
+        return []
+    if not optim.built:
+        with tf.device(device):
+            optim.build(list(variables))
+    return list(optim.variables)
 
 
 def batch_mean(loss_fn: tf.keras.losses.Loss, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -53,17 +66,24 @@ def batch_mean(loss_fn: tf.keras.losses.Loss, y_hat: tf.Tensor, y: tf.Tensor) ->
     return tf.reduce_mean(loss_fn(y, y_hat))  # Keras losses take (y_true, y_pred)
 
 
+def _huber(loss: str, huber_sigma: float) -> tf.keras.losses.Huber | None:
+    """Keras' ``Huber(delta=s)`` is ``s`` times d2l 3.5.6's Huber loss with sigma ``s``.
+
+    Keras: ``r**2 / 2`` if ``|r| <= delta`` else ``delta * |r| - delta**2 / 2``;
+    d2l: ``r**2 / (2 sigma)`` / ``|r| - sigma / 2`` (same boundary), so the
+    models divide it by ``huber_sigma``.
+    """
+    return tf.keras.losses.Huber(delta=huber_sigma, reduction=None) if loss == "huber" else None
+
+
 #: The methods a traced training/validation step calls on a model.
-_STEP_METHODS = ("__call__", "call", "forward", "loss", "training_step", "validation_step", "log")
+_STEP_METHODS = ("__call__", "call", "forward", "loss", "training_step", "validation_step", "plot")
 
 
-class _LinearMixin:
-    """``get_w_b``/``set_w_b``/``get_grads`` in d2lx's layout: w (n, 1), b (1,), NumPy float32."""
+class _TFLinear(LinearModel, Module):
+    """What both TensorFlow linear models add to the core mixin: step reuse and applied gradients."""
 
-    trainer: Any
-
-    def _w_b_variables(self) -> tuple[Any, Any]:
-        raise NotImplementedError
+    huber: tf.keras.losses.Huber | None
 
     def compile_key(self) -> Any:
         """What fixes this model's traced step, so a fresh model can reuse a compiled one.
@@ -79,43 +99,22 @@ class _LinearMixin:
             return None
         if any(name in self.__dict__ for name in _STEP_METHODS):
             return None
-        return (cls, tuple(getattr(cls, name) for name in _STEP_METHODS),
-                repr(sorted(self.hparams.items())))
+        return (cls, tuple(getattr(cls, name) for name in _STEP_METHODS), repr(sorted(self.hparams.items())))
 
-    def _init_loss(self, loss: str, huber_sigma: float) -> None:
-        """Keep the loss choice without hiding the ``loss()`` method (``self.loss`` stays unset)."""
-        self.loss_name = loss
-        self.hparams["loss"] = loss  # not an attribute: it would hide the loss() method
-        self.huber = tf.keras.losses.Huber(delta=huber_sigma, reduction=None) if loss == "huber" else None
-
-    def get_grads(self) -> tuple[np.ndarray, np.ndarray]:
-        """The gradients of ``w`` and ``b`` the last applied optimizer step used.
-
-        The compiled step writes them into device variables as it applies them
-        (after clipping and, with ``devices=N``, after the cross-device sum),
-        so reading them costs nothing per step; this reads them once.
-        """
+    def _w_b_grads(self) -> tuple[Any, Any] | None:
         applied = getattr(self.trainer, "applied_gradients", None)
-        grads = None if applied is None else applied(self._w_b_variables())
-        if grads is None:
-            raise RuntimeError(f"{type(self).__name__} has no gradients yet: train it first")
-        gw, gb = grads
-        return (np.array(gw, dtype=np.float32).reshape(-1, 1),
-                np.array(gb, dtype=np.float32).reshape(1))
+        grads = None if applied is None else applied(self._w_b())
+        return None if grads is None else (grads[0], grads[1])
 
-    def get_w_b(self) -> tuple[np.ndarray, np.ndarray]:
-        w, b = self._w_b_variables()
-        return (np.array(w.numpy(), dtype=np.float32).reshape(-1, 1),
-                np.array(b.numpy(), dtype=np.float32).reshape(1))
-
-    def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
-        vw, vb = self._w_b_variables()
-        vw.assign(np.asarray(w, np.float32).reshape(tuple(vw.shape)))
-        vb.assign(np.asarray(b, np.float32).reshape(tuple(vb.shape)))
+    def _huber_loss(self, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor | None:
+        """The Huber loss if chosen (``None`` otherwise: the model's own loss)."""
+        if self.huber is None:
+            return None
+        return batch_mean(self.huber, y_hat, y) / self.huber_sigma
 
 
-class LinearRegressionScratch(_LinearMixin, Module):
-    """The linear regression model implemented from scratch.
+class LinearRegressionScratch(_TFLinear):
+    """The linear regression model implemented from scratch (d2l 3.4).
 
     ``w`` (``num_inputs`` x 1, normal(0, ``sigma``)) and ``b`` (zeros) are
     ``tf.Variable`` s whose values come from d2lx's seeded NumPy stream (not
@@ -127,26 +126,20 @@ class LinearRegressionScratch(_LinearMixin, Module):
     into the logical devices that ``Trainer(devices=N)`` needs. d2l's order
     (model, data, then trainer) thus still allows data parallelism, and under
     it the variables are created once, directly as mirrored variables.
-
-    ``loss="huber", huber_sigma=s`` (d2l 3.5.6, exercise 2) replaces the
-    squared loss by Keras' ``Huber`` scaled to the seed's formula.
     """
 
-    def __init__(
-        self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None,
-        loss: str = "squared", huber_sigma: float = 1.0,
-    ) -> None:
+    def __init__(self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None,
+                 loss: str = "squared", huber_sigma: float = 1.0) -> None:
         super().__init__()
-        num_inputs, lr, sigma = check_linear_args(num_inputs, lr, sigma)
-        loss, huber_sigma = check_loss_args(loss, huber_sigma)
-        self.save_hyperparameters(ignore=["seed", "loss"])
-        self._init_loss(loss, huber_sigma)
-        self._initial = initial_linear_params(generator("params", resolve_seed(seed)), num_inputs, sigma)
+        self.init_linear(num_inputs=num_inputs, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
+        self.huber = _huber(self.loss_name, self.huber_sigma)
+        self._initial = initial_linear_params(generator("params", resolve_seed(seed)), self.num_inputs or 0,
+                                              self.sigma)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: w and b before their first use.
         if name in ("w", "b") and "_initial" in self.__dict__:
-            self._create_variables(self._initial[0], self._initial[1])
+            self._create_variables(*self.__dict__["_initial"])
             return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
@@ -157,22 +150,23 @@ class LinearRegressionScratch(_LinearMixin, Module):
 
     @property
     def trainable_variables(self) -> list[Any]:
-        self._w_b_variables()  # create them if still pending
+        self._w_b()  # create them if still pending
         return super().trainable_variables
 
     def forward(self, X: tf.Tensor) -> tf.Tensor:
         return tf.matmul(X, self.w) + self.b
 
     def loss(self, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        if self.huber is not None:
-            return huber_loss(self.huber, self.huber_sigma, y_hat, y)
+        huber = self._huber_loss(y_hat, y)
+        if huber is not None:
+            return huber
         l = (y_hat - y) ** 2 / 2
         return tf.reduce_mean(l)
 
     def configure_optimizers(self) -> SGD:
         return SGD(self.lr)
 
-    def materialize(self, num_inputs: int, device: str) -> None:
+    def materialize(self, example: Sequence[Any], device: str | None) -> None:
         """Create ``w``/``b`` on ``device`` (under a data-parallel strategy: mirrored).
 
         Variables cannot move, so ones that live elsewhere (or were created
@@ -181,23 +175,28 @@ class LinearRegressionScratch(_LinearMixin, Module):
         """
         if "_initial" in self.__dict__:
             with tf.device(device):
-                self._create_variables(*self._initial)
+                self._create_variables(*self.__dict__["_initial"])
             return
-        strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-        if strategy is not None:
-            fits = all(strategy.extended.variable_created_in_scope(v) for v in (self.w, self.b))
+        if tf.distribute.has_strategy():
+            extended = tf.distribute.get_strategy().extended
+            fits = all(extended.variable_created_in_scope(v) for v in (self.w, self.b))
         else:
-            fits = (same_device(self.w.device, device) and same_device(self.b.device, device)
-                    and not isinstance(self.w, tf.distribute.DistributedValues))
+            fits = (device is None or all(same_device(v.device, device) for v in (self.w, self.b))) and \
+                not isinstance(self.w, tf.distribute.DistributedValues)
         if not fits:
             with tf.device(device):
                 self._create_variables(self.w.read_value(), self.b.read_value())
 
-    def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
-        check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)
+    def _w_b(self) -> tuple[Any, Any]:
+        pending = self.__dict__.get("_initial")
+        return pending if pending is not None else (self.w, self.b)
 
-    def _w_b_variables(self) -> tuple[tf.Variable, tf.Variable]:
-        return self.w, self.b
+    def _assign_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
+        if "_initial" in self.__dict__:  # still lazy: keep it so (the runtime stays unstarted)
+            self.__dict__["_initial"] = (w.astype(np.float32), b.astype(np.float32))
+            return
+        self.w.assign(w)
+        self.b.assign(b)
 
 
 class SeededNormal(tf.keras.initializers.Initializer):
@@ -225,26 +224,20 @@ class SeededNormal(tf.keras.initializers.Initializer):
         return {"sigma": self.sigma}
 
 
-class LinearRegression(_LinearMixin, Module):
-    """The concise linear regression model: ``Dense(1)``, ``MeanSquaredError``, Keras ``SGD``.
+class LinearRegression(_TFLinear):
+    """The concise model (d2l 3.5): ``Dense(1)`` at ``self.net``, ``MeanSquaredError``, Keras ``SGD``.
 
     The loss is the mean squared error *without* d2l 3.4's 1/2 factor, the
     same on every d2lx backend. The layer is lazy as in d2l; its kernel is
     drawn from d2lx's seeded stream once its width is known, the bias is 0.
-    ``loss="huber", huber_sigma=s`` uses Keras' ``Huber`` scaled to d2l
-    3.5.6's formula instead.
     """
 
-    def __init__(
-        self, lr: float, *, sigma: float = 0.01, seed: int | None = None,
-        loss: str = "squared", huber_sigma: float = 1.0,
-    ) -> None:
+    def __init__(self, lr: float, *, sigma: float = 0.01, seed: int | None = None, loss: str = "squared",
+                 huber_sigma: float = 1.0) -> None:
         super().__init__()
-        _, lr, sigma = check_linear_args(None, lr, sigma)
-        loss, huber_sigma = check_loss_args(loss, huber_sigma)
-        self.save_hyperparameters(ignore=["seed", "loss"])
-        self._init_loss(loss, huber_sigma)
-        initializer = SeededNormal(generator("params", resolve_seed(seed)), sigma)
+        self.init_linear(num_inputs=None, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
+        self.huber = _huber(self.loss_name, self.huber_sigma)
+        initializer = SeededNormal(generator("params", resolve_seed(seed)), self.sigma)
         self.net = tf.keras.layers.Dense(1, kernel_initializer=initializer, bias_initializer="zeros")
         self.loss_fn = tf.keras.losses.MeanSquaredError(reduction=None)
 
@@ -252,45 +245,36 @@ class LinearRegression(_LinearMixin, Module):
         return self.net(X)
 
     def loss(self, y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        if self.huber is not None:
-            return huber_loss(self.huber, self.huber_sigma, y_hat, y)
-        return batch_mean(self.loss_fn, y_hat, y)
+        huber = self._huber_loss(y_hat, y)
+        return batch_mean(self.loss_fn, y_hat, y) if huber is None else huber
 
     def configure_optimizers(self) -> tf.keras.optimizers.Optimizer:
         return tf.keras.optimizers.SGD(self.lr)
 
     @property
-    def num_inputs(self) -> int | None:
+    def num_inputs(self) -> int | None:  # type: ignore[override]
         return int(self.net.kernel.shape[0]) if self.net.built else None
 
-    def materialize(self, num_inputs: int, device: str | None) -> None:
-        """Build the lazy layer on ``device`` (``None``: TensorFlow's default placement).
+    def materialize(self, example: Sequence[Any], device: str | None) -> None:
+        """Build the lazy ``Dense`` from the batch's width, without an eager forward pass.
 
-        ``Dense.build`` creates the variables without an eager forward pass
-        (``Module.materialize``'s generic way), which would cost a Keras call per fit.
+        ``Dense.build`` creates the variables directly (a Keras call would
+        cost milliseconds per fit); anything else still lazy is built by
+        :meth:`Module.materialize`, which also refuses variables created
+        outside a data-parallel strategy's scope.
         """
-        if not self.net.built:
+        if isinstance(self.net, tf.keras.layers.Dense) and not self.net.built:
             with tf.device(device):
-                self.net.build((None, num_inputs))
-        self._check_mirrored()  # refuses variables created outside a strategy's scope
+                self.net.build((None, int(example[0].shape[-1])))
+        super().materialize(example, device)
 
-    def set_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
-        """Set the weights; a still-lazy layer is built first with ``w``'s width."""
+    def _w_b(self) -> tuple[Any, Any]:
         if not self.net.built:
-            self.materialize(int(np.asarray(w).reshape(-1, 1).shape[0]), None)
-        super().set_w_b(w, b)
-
-    def get_w_b(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(w, b)`` as in the seed (``self.get_weights()``), in d2lx's NumPy layout."""
-        if not self.net.built:
-            raise RuntimeError("LinearRegression has no weights before its first fit (lazy layer)")
-        w, b = self.get_weights()[0], self.get_weights()[1]
-        return np.array(w, dtype=np.float32).reshape(-1, 1), np.array(b, dtype=np.float32).reshape(1)
-
-    def check_data_shapes(self, X_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
-        check_regression_shapes(type(self).__name__, self.num_inputs, X_shape, y_shape)
-
-    def _w_b_variables(self) -> tuple[Any, Any]:
-        if not self.net.built:
-            raise RuntimeError("LinearRegression has no weights before its first fit (lazy layer)")
+            raise self.not_built()
         return self.net.kernel, self.net.bias
+
+    def _assign_w_b(self, w: np.ndarray, b: np.ndarray) -> None:
+        if not self.net.built:  # set_w_b on a fresh model fixes its width
+            self.net.build((None, w.shape[0]))
+        self.net.kernel.assign(w.reshape(tuple(self.net.kernel.shape)))
+        self.net.bias.assign(b.reshape(tuple(self.net.bias.shape)))

@@ -20,16 +20,19 @@ module neutralises both:
   differentiates ``model.trainable_variables``; in Keras 3 that list only
   holds Keras variables, so the model would silently not train.
   :class:`Module` records such variables and adds them to
-  ``trainable_variables``/``trainable_weights``.
+  ``trainable_variables``/``trainable_weights`` (and :func:`state_variables`).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from d2lx.backends.tensorflow.ops import tf_variable
 from d2lx.errors import InvalidArgumentError
 from d2lx.module import ModuleBase
 
@@ -37,43 +40,34 @@ from d2lx.module import ModuleBase
 KERAS_LOSS_ATTR = "_keras_loss"
 
 
-def batch_len(batch: Any) -> Any:
-    """Number of examples in ``batch``: a Python int when static, else a scalar tensor.
+def state_variables(model: Any) -> list[Any]:
+    """Every variable of ``model``'s state, in a fixed order: raw ``tf.Variable`` s, then Keras'.
 
-    Inside the trainer's ``tf.function`` the batch dimension is ``None`` (one
-    trace serves full and short batches), so it cannot be read as an ``int``.
+    Keras' list holds weights (trainable or not: batch statistics) and the
+    seed generators' states (dropout); the raw ones are d2l's scratch
+    ``self.w = tf.Variable(...)``.
     """
-    y = batch[-1]
-    shape = getattr(y, "shape", None)
-    if not shape:
-        return 1
-    if shape[0] is not None:
-        return int(shape[0])
-    return tf.shape(y)[0]
-
-
-def same_device(current: str, target: str) -> bool:
-    """Whether TensorFlow device names ``current`` and ``target`` name the same device."""
-    if not current:
-        return False
-    a, b = tf.DeviceSpec.from_string(current), tf.DeviceSpec.from_string(target)
-    return (a.device_type or "CPU").upper() == (b.device_type or "CPU").upper() and (
-        (a.device_index or 0) == (b.device_index or 0)
-    )
+    raw = model._raw_variables() if isinstance(model, Module) else []
+    found, seen = [], set()
+    for v in [*raw, *model.variables]:
+        if id(v) not in seen:
+            seen.add(id(v))
+            found.append(v)
+    return found
 
 
 class Module(ModuleBase, tf.keras.Model):
-    """Base class of models: ``tf.keras.Model`` + ``training_step``/``validation_step``...
+    """Base class of models: ``tf.keras.Model`` + d2l's ``training_step``, ``plot``, ``board``...
 
-    As in d2l, ``call`` forwards to :meth:`forward`, whose default runs
-    ``self.net``. Hooks the trainer uses: ``trainable_variables`` (Keras'
-    list plus raw ``tf.Variable`` attributes) and :meth:`materialize` (build
-    lazy layers on the training device).
+    As in d2l, ``call`` forwards to :meth:`forward` (whose default runs
+    ``self.net``) and ``self.training`` says whether the model trains (the
+    trainer sets it; d2l's dropout code reads it).
     """
 
     def __init__(self, plot_train_per_epoch: int = 2, plot_valid_per_epoch: int = 1) -> None:
         tf.keras.Model.__init__(self)
         self.save_hyperparameters()
+        self.training: bool | None = None
 
     # -- the two Keras 3 traps (see the module docstring) --------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -81,8 +75,7 @@ class Module(ModuleBase, tf.keras.Model):
                                or self.__dict__.get("_d2lx_in_compile", False)):
             name = KERAS_LOSS_ATTR
         elif isinstance(value, tf.Variable) and not name.startswith("_"):
-            raw = self.__dict__.setdefault("_d2lx_tf_variables", {})
-            raw[name] = value
+            self.__dict__.setdefault("_d2lx_tf_variables", {})[name] = value
         super().__setattr__(name, value)
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
@@ -110,67 +103,67 @@ class Module(ModuleBase, tf.keras.Model):
         return self.trainable_variables
 
     # -- d2l's surface -----------------------------------------------------------------
-    def call(self, X: Any, *args: Any, **kwargs: Any) -> Any:
-        """Keras' entry point; d2l code overrides :meth:`forward` instead."""
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Keras' call, told ``training=self.training`` when the caller does not say.
+
+        d2l's TensorFlow code says the mode with ``model.training = True`` (its
+        ``fit_epoch``; d2lx's step through ``set_training``); Keras' own layers
+        (dropout, batch norm) learn it only from a ``training`` argument.
+        """
+        if "training" not in kwargs and isinstance(self.__dict__.get("training"), bool):
+            kwargs["training"] = self.training
+        return super().__call__(*args, **kwargs)
+
+    def call(self, X: Any, *args: Any, training: bool | None = None, **kwargs: Any) -> Any:
+        """Keras' entry point (d2l's): a ``training`` value is kept in ``self.training``; then ``forward``."""
+        if training is not None:
+            self.training = training
         return self.forward(X, *args, **kwargs)
 
-    def forward(self, X: Any) -> Any:
-        """d2l's default: run ``self.net``."""
-        net = getattr(self, "net", None)
-        if net is None:
-            return super().forward(X)
-        return net(X)
+    def materialize(self, example: Sequence[Any], device: str | None) -> None:
+        """Build lazy Keras layers on ``device`` from a real batch (its inputs' shapes).
 
-    def training_step(self, batch: Any) -> Any:
-        loss = self.loss(self(*batch[:-1]), batch[-1])
-        self.log("loss", loss, train=True, count=batch_len(batch))
-        return loss
-
-    def validation_step(self, batch: Any) -> Any:
-        loss = self.loss(self(*batch[:-1]), batch[-1])
-        self.log("loss", loss, train=False, count=batch_len(batch))
-        return loss
-
-    def materialize(self, num_inputs: int, device: str | None) -> None:
-        """Build lazy Keras layers on ``device`` by calling the model once on zeros.
-
-        Keras infers a ``Dense`` layer's width at its first call; doing that
-        here, eagerly and under ``tf.device``, keeps variable creation out of
-        the compiled training step and puts the variables on the device.
-        ``device=None`` leaves placement to TensorFlow (``set_w_b`` before
-        any fit). Under a ``tf.distribute`` strategy (``Trainer(devices=N)``)
-        the variables must be created in its scope to be mirrored; Keras
-        variables cannot be re-created, so a model built outside it is refused.
+        Keras infers a layer's width at its first call; doing that here,
+        eagerly and under ``tf.device``, keeps variable creation out of the
+        compiled step and puts the variables on the device. Under a
+        ``tf.distribute`` strategy (``Trainer(devices=N)``) the variables must
+        be created in its scope to be mirrored; Keras variables cannot be
+        re-created, so a model built outside it is refused.
         """
-        unbuilt = not self.built or any(not layer.built for layer in self._flatten_layers())
-        if unbuilt:
-            with tf.device(device):
-                self(tf.zeros((1, num_inputs), tf.float32))
+        if any(not layer.built for layer in self._flatten_layers(include_self=False)):
+            with tf.device(device), warnings.catch_warnings():
+                # Keras warns that a model without build() "may have unbuilt state": d2l's models
+                # build their layers in their first call, which is this one.
+                warnings.filterwarnings("ignore", message=r".*does not have a `build\(\)` method")
+                self(*example[:-1])
         self._check_mirrored()
 
     def _check_mirrored(self) -> None:
-        """Under a ``tf.distribute`` strategy, refuse Keras variables created outside its scope."""
-        if tf.distribute.has_strategy():
-            extended = tf.distribute.get_strategy().extended
-            # A Keras variable's ``.value`` is the tf.Variable (Mirrored or not) it wraps.
-            outside = [v.path for v in self.weights if not extended.variable_created_in_scope(v.value)]
-            if outside:
-                raise InvalidArgumentError(
-                    f"{type(self).__name__}'s variables {outside} were created before the "
-                    "data-parallel run, so they are not mirrored across its devices; build a "
-                    "fresh model and pass it to Trainer(devices=N).fit unbuilt (restore weights "
-                    "with fit(..., ckpt_path=...) instead of set_w_b)"
-                )
+        """Under a ``tf.distribute`` strategy, refuse variables created outside its scope."""
+        if not tf.distribute.has_strategy():
+            return
+        extended = tf.distribute.get_strategy().extended
+        outside = [getattr(v, "path", v.name) for v in state_variables(self)
+                   if not extended.variable_created_in_scope(tf_variable(v))]
+        if outside:
+            raise InvalidArgumentError(
+                f"{type(self).__name__}'s variables {outside} were created before the data-parallel run, "
+                "so they are not mirrored across its devices; build a fresh model and pass it to "
+                "Trainer(devices=N).fit unbuilt (restore weights with fit(..., ckpt_path=...))")
 
     def compile_key(self) -> Any:
-        """A key that fixes this model's traced step, for reuse by later fits; ``None``: no reuse.
+        """What fixes this model's traced step, for reuse by later fits; ``None``: no reuse.
 
         A model's step may read any Python attribute, which d2lx cannot see,
         so by default every ``fit`` traces anew. d2lx's linear models say
-        which values matter (see ``LinearRegression.compile_key``).
+        which values matter (see ``models.py``).
         """
         return None
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Forward a NumPy batch; return NumPy float32 (framework-free, works without a fit)."""
-        return np.asarray(self(tf.constant(np.asarray(X, dtype=np.float32))).numpy(), dtype=np.float32)
+    def predict(self, X: np.ndarray) -> np.ndarray:  # type: ignore[override]
+        """The model's output for a NumPy batch, as NumPy float32 (framework-free, works without a fit).
+
+        In evaluation mode (``training=False``: no dropout), whatever mode the last fit ended in.
+        """
+        out = self(tf.constant(np.asarray(X, dtype=np.float32)), training=False)
+        return np.asarray(out.numpy(), dtype=np.float32)
