@@ -135,7 +135,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         steps_per_execution=args.steps_per_execution,
         progress=False if (args.no_progress or args.json) else None, plot=args.plot,
         checkpoint=args.checkpoint, resume=args.resume, devices=args.devices,
-        loss=args.loss, huber_sigma=1.0 if args.huber_sigma is None else args.huber_sigma,
+        loss=args.loss, huber_sigma=args.huber_sigma,
     )
     if quiet:
         return 0

@@ -87,7 +87,7 @@ def run_fit(
     resume: bool = False,
     devices: int = 1,
     loss: str = "squared",
-    huber_sigma: float = 1.0,
+    huber_sigma: float | None = None,
 ) -> FitResult:
     """Train the seed example once and report errors, losses and fit time.
 

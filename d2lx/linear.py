@@ -22,19 +22,27 @@ from d2lx.validation import as_float_array, check_float, check_int
 LOSSES = ("squared", "huber")
 
 
-def check_loss_args(loss: Any, huber_sigma: Any) -> tuple[str, float]:
+def check_loss_args(loss: Any, huber_sigma: Any) -> tuple[str, float | None]:
     """Validate the loss choice (same on both linear models and every backend).
 
     ``loss="squared"`` is the model's d2l loss (scratch: ``(y_hat-y)**2/2``;
     concise: the MSE). ``loss="huber"`` is Huber's robust loss of d2l 3.5.6,
     exercise 2: ``|r| - sigma/2`` if ``|r| > sigma`` else ``r**2 / (2 sigma)``,
     averaged over the batch, computed with the framework's own Huber loss.
-    Its ``sigma`` is called ``huber_sigma`` because ``sigma`` already names
-    the standard deviation of the initial weights in d2l's signatures.
+    Its ``sigma`` is called ``huber_sigma`` (default 1.0) because ``sigma``
+    already names the standard deviation of the initial weights in d2l's
+    signatures; given with the squared loss, it would be silently unused,
+    so it is refused.
     """
     if loss not in LOSSES:
         raise InvalidArgumentError(f"unknown loss {loss!r}; use one of: {', '.join(LOSSES)}")
-    return loss, check_float("huber_sigma", huber_sigma, positive=True, float32=True, example="1.0")
+    if loss != "huber":
+        if huber_sigma is not None:
+            raise InvalidArgumentError(f"huber_sigma={huber_sigma!r} sets the Huber loss's sigma but the loss is "
+                                       f"{loss!r}; pass loss='huber' too, or drop huber_sigma")
+        return loss, None
+    sigma = 1.0 if huber_sigma is None else huber_sigma
+    return loss, check_float("huber_sigma", sigma, positive=True, float32=True, example="1.0")
 
 
 def check_linear_args(num_inputs: Any, lr: Any, sigma: Any) -> tuple[int | None, float, float]:
@@ -77,7 +85,7 @@ class LinearModel:
     num_inputs: int | None
     loss_name: str
 
-    def init_linear(self, *, num_inputs: Any, lr: Any, sigma: Any, loss: Any, huber_sigma: Any) -> None:
+    def init_linear(self, *, num_inputs: Any, lr: Any, sigma: Any, loss: Any, huber_sigma: Any = None) -> None:
         """Check the arguments and keep them as attributes and ``hparams`` (as ``save_hyperparameters``)."""
         num_inputs, lr, sigma = check_linear_args(num_inputs, lr, sigma)
         loss, huber_sigma = check_loss_args(loss, huber_sigma)

@@ -95,6 +95,14 @@ def test_fitting_something_that_is_not_a_d2lx_module_says_what_to_subclass(d2l: 
         d2l.Trainer(max_epochs=1, progress=False).fit(object(), data)
 
 
+def test_a_huber_sigma_without_the_huber_loss_is_refused(d2l: Any) -> None:
+    with pytest.raises(d2lx.InvalidArgumentError, match="pass loss='huber' too, or drop huber_sigma"):
+        d2l.LinearRegression(lr=0.1, huber_sigma=2.0)
+    with pytest.raises(d2lx.InvalidArgumentError, match="pass loss='huber' too, or drop huber_sigma"):
+        d2l.LinearRegressionScratch(2, lr=0.1, huber_sigma=2.0)
+    assert d2l.LinearRegression(lr=0.1, loss="huber").hparams["huber_sigma"] == 1.0  # the default
+
+
 def test_learning_rates_beyond_float32_are_refused(d2l: Any) -> None:
     with pytest.raises(d2lx.InvalidArgumentError, match="beyond float32's range"):
         d2l.LinearRegressionScratch(2, lr=1e39)

@@ -109,7 +109,7 @@ class _LinearModel(LinearModel, Module):
     """
 
     loss_name: str = dataclasses.field(default="squared", kw_only=True)
-    huber_sigma: float = dataclasses.field(default=1.0, kw_only=True)
+    huber_sigma: float | None = dataclasses.field(default=None, kw_only=True)
     seed: int | None = dataclasses.field(default=None, kw_only=True)
     if TYPE_CHECKING:  # fields of the two models (declared there, in d2l's order)
         lr: float

@@ -49,7 +49,7 @@ class SGD(HyperParameters):
             param.grad[:] = 0
 
 
-def _huber(loss: str, huber_sigma: float) -> gluon.loss.HuberLoss | None:
+def _huber(loss: str, huber_sigma: float | None) -> gluon.loss.HuberLoss | None:
     """Gluon's ``HuberLoss(rho=s)``: exactly d2l 3.5.6's Huber loss with sigma ``s`` (no rescaling)."""
     return gluon.loss.HuberLoss(rho=huber_sigma) if loss == "huber" else None
 
@@ -89,7 +89,7 @@ class LinearRegressionScratch(LinearModel, Module):
     """
 
     def __init__(self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None,
-                 loss: str = "squared", huber_sigma: float = 1.0) -> None:
+                 loss: str = "squared", huber_sigma: float | None = None) -> None:
         super().__init__()
         self.init_linear(num_inputs=num_inputs, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
         self.huber = _huber(self.loss_name, self.huber_sigma)
@@ -144,7 +144,7 @@ class LinearRegression(LinearModel, Module):
     """
 
     def __init__(self, lr: float, *, sigma: float = 0.01, seed: int | None = None, loss: str = "squared",
-                 huber_sigma: float = 1.0) -> None:
+                 huber_sigma: float | None = None) -> None:
         super().__init__()
         self.init_linear(num_inputs=None, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
         self.net = nn.Dense(1)

@@ -66,7 +66,7 @@ def batch_mean(loss_fn: tf.keras.losses.Loss, y_hat: tf.Tensor, y: tf.Tensor) ->
     return tf.reduce_mean(loss_fn(y, y_hat))  # Keras losses take (y_true, y_pred)
 
 
-def _huber(loss: str, huber_sigma: float) -> tf.keras.losses.Huber | None:
+def _huber(loss: str, huber_sigma: float | None) -> tf.keras.losses.Huber | None:
     """Keras' ``Huber(delta=s)`` is ``s`` times d2l 3.5.6's Huber loss with sigma ``s``.
 
     Keras: ``r**2 / 2`` if ``|r| <= delta`` else ``delta * |r| - delta**2 / 2``;
@@ -129,7 +129,7 @@ class LinearRegressionScratch(_TFLinear):
     """
 
     def __init__(self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None,
-                 loss: str = "squared", huber_sigma: float = 1.0) -> None:
+                 loss: str = "squared", huber_sigma: float | None = None) -> None:
         super().__init__()
         self.init_linear(num_inputs=num_inputs, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
         self.huber = _huber(self.loss_name, self.huber_sigma)
@@ -233,7 +233,7 @@ class LinearRegression(_TFLinear):
     """
 
     def __init__(self, lr: float, *, sigma: float = 0.01, seed: int | None = None, loss: str = "squared",
-                 huber_sigma: float = 1.0) -> None:
+                 huber_sigma: float | None = None) -> None:
         super().__init__()
         self.init_linear(num_inputs=None, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
         self.huber = _huber(self.loss_name, self.huber_sigma)

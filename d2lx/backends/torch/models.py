@@ -40,7 +40,7 @@ class SGD(HyperParameters):
                 param.grad.zero_()
 
 
-def _huber(loss: str, huber_sigma: float) -> nn.Module | None:
+def _huber(loss: str, huber_sigma: float | None) -> nn.Module | None:
     """``nn.HuberLoss(delta=s)``: ``s`` times d2l's Huber loss with sigma ``s`` (``loss`` divides it out)."""
     return nn.HuberLoss(delta=huber_sigma) if loss == "huber" else None
 
@@ -55,7 +55,7 @@ class LinearRegressionScratch(LinearModel, Module):
     """
 
     def __init__(self, num_inputs: int, lr: float, sigma: float = 0.01, *, seed: int | None = None,
-                 loss: str = "squared", huber_sigma: float = 1.0) -> None:
+                 loss: str = "squared", huber_sigma: float | None = None) -> None:
         super().__init__()
         self.init_linear(num_inputs=num_inputs, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
         self.huber = _huber(self.loss_name, self.huber_sigma)
@@ -97,7 +97,7 @@ class LinearRegression(LinearModel, Module):
     """
 
     def __init__(self, lr: float, *, sigma: float = 0.01, seed: int | None = None, loss: str = "squared",
-                 huber_sigma: float = 1.0) -> None:
+                 huber_sigma: float | None = None) -> None:
         super().__init__()
         self.init_linear(num_inputs=None, lr=lr, sigma=sigma, loss=loss, huber_sigma=huber_sigma)
         self.net = nn.LazyLinear(1)
