@@ -9,6 +9,7 @@ can overflow although every parameter is finite.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,3 +61,59 @@ def raise_if_not_finite(trainer: Any, val: Sequence[Any] | np.ndarray | None,
             f"{trainer.train_batch_idx}) is NaN or inf, although the training steps were finite: the "
             f"parameters predict values beyond float32's range on the validation data. {_ADVICE}",
             epoch=trainer.epoch, step=trainer.train_batch_idx)
+
+
+class EagerGuard:
+    """The guard of an eager step (PyTorch, MXNet): one host read of the loss per step.
+
+    The step reads its loss (``loss.item()``) before it updates, as d2l's own
+    loop does when it plots the loss; on the CPU that costs about a
+    microsecond. A non-finite loss is never applied. An update that overflows
+    the parameters shows up as the next step's non-finite loss, or in the one
+    parameter check at the end of the epoch; the model is then reset to the
+    copy taken at the start of the epoch (the last parameters known to be
+    finite), which is far cheaper than copying the parameters every step.
+
+    The framework's part: ``all_finite(arrays) -> bool`` (one host read),
+    ``copy(array)`` and ``assign(array, value)`` (in place: optimizers and
+    gradient buffers keep pointing at the parameters).
+    """
+
+    def __init__(self, params: list[Any], check: bool, all_finite: Any, copy: Any, assign: Any) -> None:
+        self.params, self.check = params, check
+        self._all_finite, self._copy, self._assign = all_finite, copy, assign
+        self._bad: Divergence | None = None
+        self._applied = 0
+        self._snapshot: list[Any] = []
+
+    def begin_epoch(self) -> None:
+        self._bad, self._applied = None, 0
+        if self.check:
+            self._snapshot = [self._copy(p) for p in self.params]
+
+    def accepts(self, loss_value: float, batch_floats: Sequence[Any]) -> bool:
+        """Whether a step with this loss may update; if not, latch why (data, last update, or loss)."""
+        if not self.check or math.isfinite(loss_value):
+            return True
+        if not self._all_finite(list(batch_floats)):
+            self._bad = Divergence(self._applied, "data")
+        elif not self._all_finite(self.params):
+            self._restore()
+            self._bad = Divergence(max(self._applied - 1, 0), "parameters", "epoch")
+        else:
+            self._bad = Divergence(self._applied, "loss")
+        return False
+
+    def applied(self) -> None:
+        self._applied += 1
+
+    def divergence(self, end_of_epoch: bool) -> Divergence | None:
+        if self._bad is None and end_of_epoch and self.check and self._applied \
+                and not self._all_finite(self.params):
+            self._restore()  # the epoch's last update overflowed
+            self._bad = Divergence(self._applied - 1, "parameters", "epoch")
+        return self._bad
+
+    def _restore(self) -> None:
+        for param, saved in zip(self.params, self._snapshot):
+            self._assign(param, saved)

@@ -38,8 +38,9 @@ def check_loss_args(loss: Any, huber_sigma: Any) -> tuple[str, float | None]:
         raise InvalidArgumentError(f"unknown loss {loss!r}; use one of: {', '.join(LOSSES)}")
     if loss != "huber":
         if huber_sigma is not None:
-            raise InvalidArgumentError(f"huber_sigma={huber_sigma!r} sets the Huber loss's sigma but the loss is "
-                                       f"{loss!r}; pass loss='huber' too, or drop huber_sigma")
+            raise InvalidArgumentError(
+                f"huber_sigma={huber_sigma!r} sets the Huber loss's sigma but the loss is {loss!r}; "
+                "pass loss='huber' too, or drop huber_sigma")
         return loss, None
     sigma = 1.0 if huber_sigma is None else huber_sigma
     return loss, check_float("huber_sigma", sigma, positive=True, float32=True, example="1.0")
@@ -85,7 +86,8 @@ class LinearModel:
     num_inputs: int | None
     loss_name: str
 
-    def init_linear(self, *, num_inputs: Any, lr: Any, sigma: Any, loss: Any, huber_sigma: Any = None) -> None:
+    def init_linear(self, *, num_inputs: Any, lr: Any, sigma: Any, loss: Any,
+                    huber_sigma: Any = None) -> None:
         """Check the arguments and keep them as attributes and ``hparams`` (as ``save_hyperparameters``)."""
         num_inputs, lr, sigma = check_linear_args(num_inputs, lr, sigma)
         loss, huber_sigma = check_loss_args(loss, huber_sigma)

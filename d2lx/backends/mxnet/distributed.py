@@ -19,7 +19,6 @@ value recorded and guarded, one host read per step.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,12 +114,10 @@ class DataParallelStep(MXNetStep):
     def train(self, batch: Batch) -> np.ndarray:
         losses = self._shard_losses(batch)
         loss = self.dp.sum_to_first(losses)  # the global batch's mean loss (outside record)
-        if self.check and not math.isfinite(loss.item()):
-            self._refuse(batch)
-            return loss.detach()
-        autograd.backward(losses)
-        self.update()
-        self._applied += 1
+        if self.accepts(loss, batch):
+            autograd.backward(losses)
+            self.update()
+            self.guard.applied()
         return loss.detach()
 
     def update(self) -> None:

@@ -8,18 +8,13 @@ hand-written one with ``step``). The ``1`` matters:
 the losses are already minibatch means, so any other value would shrink the
 step (and by a different factor on the shorter last batch).
 
-The guard reads the loss once per step, after the forward pass and before
-``backward`` and the update, as d2l's own loop does when it plots the loss.
-A non-finite loss is never applied. An update that overflows the parameters
-shows up as the next step's non-finite loss, or in the one parameter check at
-the end of the epoch; the model is then reset to a copy taken (on the device)
-at the start of the epoch, the last parameters known to be finite, which is
-cheaper than copying the parameters every step.
+The guard (:class:`d2lx.guard.EagerGuard`) reads the loss once per step,
+after the forward pass and before ``backward`` and the update, so a
+non-finite loss never lands.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import mxnet as mx
@@ -27,6 +22,7 @@ from mxnet import autograd, np
 
 from d2lx.backends.mxnet.ops import as_np
 from d2lx.errors import ArgumentTypeError
+from d2lx.guard import EagerGuard
 from d2lx.loader import ArrayLoader, Batch
 from d2lx.step import Divergence, EpochResult, step_loss
 
@@ -56,6 +52,14 @@ def scalar_loss(loss: Any, what: str) -> np.ndarray:
     return loss
 
 
+def _copy(array: np.ndarray) -> np.ndarray:
+    return array.copy()
+
+
+def _assign(array: np.ndarray, value: np.ndarray) -> None:
+    array[:] = value  # in place (every context's copy): the gradient buffers stay attached
+
+
 class MXNetStep:
     """:class:`d2lx.step.Step` for one MXNet fit (one context; see ``distributed.py`` for several)."""
 
@@ -66,16 +70,11 @@ class MXNetStep:
         self.model = trainer.model
         self.optim = trainer.optim
         self.contexts: list[mx.Context] = list(trainer.contexts)
-        self.params = [a for ctx in self.contexts for a in self.model.param_arrays(ctx)]
-        self.check = trainer.check_finite
-        self._bad: Divergence | None = None
-        self._applied = 0
-        self._snapshot: list[np.ndarray] = []
+        params = [a for ctx in self.contexts for a in self.model.param_arrays(ctx)]
+        self.guard = EagerGuard(params, trainer.check_finite, all_finite, _copy, _assign)
 
     def begin_epoch(self) -> None:
-        self._bad, self._applied = None, 0
-        if self.check:  # the last parameters known to be finite (see the module docstring)
-            self._snapshot = [a.copy() for a in self.params]
+        self.guard.begin_epoch()
 
     def set_training(self, mode: bool) -> None:
         """Nothing to switch: MXNet's training mode is autograd's (``record()`` trains, outside predicts)."""
@@ -87,14 +86,19 @@ class MXNetStep:
             loss = step_loss(out, seen, "training_step")
         return scalar_loss(loss, "training_step")
 
+    def accepts(self, loss: np.ndarray, batch: Batch) -> bool:
+        """The guard's verdict on this step (one host read of the loss)."""
+        if not self.guard.check:
+            return True
+        floats = [a for a in map(as_np, batch) if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
+        return self.guard.accepts(loss.item(), floats)
+
     def train(self, batch: Batch) -> np.ndarray:
         loss = self._loss(batch)
-        if self.check and not math.isfinite(loss.item()):
-            self._refuse(batch)
-            return loss.detach()
-        loss.backward()
-        self.update()
-        self._applied += 1
+        if self.accepts(loss, batch):
+            loss.backward()
+            self.update()
+            self.guard.applied()
         return loss.detach()
 
     def update(self) -> None:
@@ -102,21 +106,6 @@ class MXNetStep:
         if self.trainer.gradient_clip_val > 0:
             self.trainer.clip_gradients(self.trainer.gradient_clip_val, self.model)
         self.optim.step(1)
-
-    def _refuse(self, batch: Batch) -> None:
-        """Latch why this step's loss is not finite: its data, the last update, or the loss itself."""
-        floats = [a for a in map(as_np, batch) if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
-        if not all_finite(floats):
-            self._bad = Divergence(self._applied, "data")
-        elif not all_finite(self.params):
-            self._restore()
-            self._bad = Divergence(max(self._applied - 1, 0), "parameters", "epoch")
-        else:
-            self._bad = Divergence(self._applied, "loss")
-
-    def _restore(self) -> None:
-        for array, saved in zip(self.params, self._snapshot):
-            array[:] = saved  # in place (every context's copy): the gradient buffers stay attached
 
     def evaluate(self, batch: Batch) -> Any:
         """The validation loss, outside ``record()``: no graph, predict mode."""
@@ -126,11 +115,7 @@ class MXNetStep:
         return loss.detach() if isinstance(loss, np.ndarray) else loss
 
     def divergence(self, end_of_epoch: bool = False) -> Divergence | None:
-        if (self._bad is None and end_of_epoch and self.check and self._applied
-                and not all_finite(self.params)):
-            self._restore()  # the epoch's last update overflowed
-            self._bad = Divergence(self._applied - 1, "parameters", "epoch")
-        return self._bad
+        return self.guard.divergence(end_of_epoch)
 
     def run_epoch(self, train: ArrayLoader, val: ArrayLoader | None, steps_per_execution: int
                   ) -> EpochResult | None:

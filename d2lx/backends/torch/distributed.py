@@ -15,7 +15,6 @@ on every process, so all of them stop at the same step if it is not finite.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -89,9 +88,7 @@ class DataParallelStep(TorchStep):
         loss = self.ddp(shard) * weight
         share = loss.detach() / self.dp.world
         dist.all_reduce(share, op=dist.ReduceOp.SUM)  # the global batch's mean loss, on every process
-        if self.check and not math.isfinite(share.item()):
-            self._refuse(batch)
-            return share
-        self.update(loss)
-        self._applied += 1
+        if self.accepts(share, batch):  # the same verdict on every process: the loss is global
+            self.update(loss)
+            self.guard.applied()
         return share
