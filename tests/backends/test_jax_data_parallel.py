@@ -32,7 +32,6 @@ SCRIPT = textwrap.dedent('''
     import jax
     import numpy as np
     from d2lx import jax as d2l
-    from d2lx.backends.jax.step import split
     from d2lx.data import SyntheticRegressionData
 
     out = {}
@@ -50,9 +49,9 @@ SCRIPT = textwrap.dedent('''
             gw, gb = net.get_grads()
             leaf = jax.tree_util.tree_leaves(trainer.state.params)[0]
             loader = trainer.train_dataloader
-            stacks, _, _ = split(loader.tensors, None, loader.batch_size)
             hlo = trainer.programs().chunk.lower(trainer.initial_carry(), trainer.state.dropout_rng,
-                                                 stacks, 1).compile().as_text()
+                                                 tuple(loader.tensors), None, 1,
+                                                 loader.batch_size).compile().as_text()
             path = sys.argv[1] + f"/{model}-{devices}.npz"
             trainer.save_checkpoint(path)
             resumed = d2l.Trainer(max_epochs=3, devices=devices, gradient_clip_val=5.0, progress=False)

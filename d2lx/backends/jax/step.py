@@ -148,18 +148,38 @@ def train_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> tu
     return new, loss
 
 
-def run_chunk(spec: StepSpec, carry: Carry, rng: jax.Array, stacks: tuple[jax.Array, ...], k: int) -> Carry:
-    """``k`` steps on the batches ``stacks[pos:pos + k]`` (``lax.scan`` if ``k > 1``)."""
-    chunk = tuple(jax.lax.dynamic_slice_in_dim(s, carry.pos, k, axis=0) for s in stacks)
+def batch_at(tensors: tuple[jax.Array, ...], order: jax.Array | None, start: Any, size: int) -> Batch:
+    """The batch of ``size`` examples at position ``start`` of this epoch's ``order``, gathered now.
+
+    Each step gathers its own rows (a few MB that stay in the cache) instead
+    of the epoch gathering the whole shuffled data set first: that would
+    write and read back a data set-sized array every epoch, the largest cost
+    of a large epoch.
+    """
+    if order is None:
+        return tuple(jax.lax.dynamic_slice_in_dim(t, start, size, axis=0) for t in tensors)
+    rows = jax.lax.dynamic_slice_in_dim(order, start, size)
+    return tuple(jnp.take(t, rows, axis=0, unique_indices=True, indices_are_sorted=False) for t in tensors)
+
+
+def run_chunk(spec: StepSpec, carry: Carry, rng: jax.Array, tensors: tuple[jax.Array, ...],
+              order: jax.Array | None, k: int, batch_size: int) -> Carry:
+    """``k`` full-batch steps from the carry's position (``lax.scan`` if ``k > 1``)."""
+    def one(c: Carry) -> Carry:
+        return train_step(spec, c, rng, batch_at(tensors, order, c.pos * batch_size, batch_size))[0]
+
     if k == 1:
-        return train_step(spec, carry, rng, tuple(c[0] for c in chunk))[0]
-    carry, _ = jax.lax.scan(lambda c, batch: (train_step(spec, c, rng, batch)[0], None), carry, chunk)
+        return one(carry)
+    carry, _ = jax.lax.scan(lambda c, _: (one(c), None), carry, None, length=k)
     return carry
 
 
-def tail_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> Carry:
+def tail_step(spec: StepSpec, carry: Carry, rng: jax.Array, tensors: tuple[jax.Array, ...],
+              order: jax.Array | None, batch_size: int) -> Carry:
     """The epoch's shorter last batch (its own shape, so its own compiled variant)."""
-    return train_step(spec, carry, rng, batch)[0]
+    n = tensors[0].shape[0]
+    start = n - n % batch_size
+    return train_step(spec, carry, rng, batch_at(tensors, order, start, n - start))[0]
 
 
 def eval_batch(spec: StepSpec, state: ArrayState, rng: jax.Array, batch: Batch) -> jax.Array:
@@ -169,37 +189,35 @@ def eval_batch(spec: StepSpec, state: ArrayState, rng: jax.Array, batch: Batch) 
     return jnp.asarray(step_loss(out, seen, "validation_step"), jnp.float32).reshape(())
 
 
-def evaluate(spec: StepSpec, state: ArrayState, rng: jax.Array, stacks: tuple[jax.Array, ...],
-             tail: tuple[jax.Array, ...]) -> jax.Array:
-    """Every validation batch's loss, in order, in one call."""
+def evaluate(spec: StepSpec, state: ArrayState, rng: jax.Array, tensors: tuple[jax.Array, ...],
+             batch_size: int) -> jax.Array:
+    """Every validation batch's loss, in order, in one call.
+
+    Each batch is a ``dynamic_slice`` of the device-resident arrays at a
+    loop index: on XLA:CPU that reads the validation set once, where cutting
+    it into a stack of batches (a reshape, or static slices) made XLA copy it
+    and took five times as long.
+    """
+    n = tensors[0].shape[0]
+    full = n // batch_size
     parts = []
-    if stacks[0].shape[0]:
-        parts.append(jax.lax.map(lambda b: eval_batch(spec, state, rng, b), stacks))
-    if tail[0].shape[0]:
-        parts.append(eval_batch(spec, state, rng, tail).reshape(1))
+    if full:
+        parts.append(jax.lax.map(
+            lambda i: eval_batch(spec, state, rng, batch_at(tensors, None, i * batch_size, batch_size)),
+            jnp.arange(full)))
+    if n % batch_size:
+        parts.append(eval_batch(spec, state, rng, tuple(t[full * batch_size:] for t in tensors)).reshape(1))
     return jnp.concatenate(parts) if parts else jnp.zeros((0,), jnp.float32)
 
 
-def finish(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[Any, Any] | None) -> jax.Array:
+def finish(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[jax.Array, ...] | None,
+           val_batch_size: int) -> jax.Array:
     """The epoch's record, one float32 vector: per-step losses, the latch, validation losses."""
-    val_losses = jnp.zeros((0,), jnp.float32) if val is None else evaluate(spec, carry.state, rng, *val)
+    val_losses = (jnp.zeros((0,), jnp.float32) if val is None
+                  else evaluate(spec, carry.state, rng, val, val_batch_size))
     flags = jnp.stack([carry.diverged.astype(jnp.float32), carry.bad_step.astype(jnp.float32),
                        carry.cause.astype(jnp.float32)])
     return jnp.concatenate([carry.losses, flags, val_losses])
-
-
-def batch_split(tensors: tuple[jax.Array, ...], order: jax.Array | None, batch_size: int
-                ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], tuple[jax.Array, ...]]:
-    """Reorder ``tensors``, cut them into (full batches stacked, tail batch), fresh latch flags."""
-    n = tensors[0].shape[0]
-    full = n // batch_size
-    stacks, tails = [], []
-    for t in tensors:
-        if order is not None:
-            t = jnp.take(t, order, axis=0)
-        stacks.append(t[:full * batch_size].reshape((full, batch_size, *t.shape[1:])))
-        tails.append(t[full * batch_size:])
-    return tuple(stacks), tuple(tails), fresh_flags(full + (1 if n % batch_size else 0))
 
 
 def fresh_flags(steps: int) -> tuple[jax.Array, ...]:
@@ -209,15 +227,16 @@ def fresh_flags(steps: int) -> tuple[jax.Array, ...]:
 
 def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
               tensors: tuple[jax.Array, ...], order: jax.Array | None, batch_size: int,
-              val: tuple[Any, Any] | None) -> tuple[ArrayState, Params, jax.Array]:
-    """A whole epoch in one call: gather, every step, the tail, validation, the record."""
-    stacks, tail, fresh = batch_split(tensors, order, batch_size)
-    carry = Carry(state, grads, *fresh)
-    if stacks[0].shape[0]:
-        carry = run_chunk(spec, carry, rng, stacks, stacks[0].shape[0])
-    if tail[0].shape[0]:
-        carry = tail_step(spec, carry, rng, tail)
-    return carry.state, carry.grads, finish(spec, carry, rng, val)
+              val: tuple[jax.Array, ...] | None, val_batch_size: int) -> tuple[ArrayState, Params, jax.Array]:
+    """A whole epoch in one call: every step (each gathering its batch), the tail, validation, the record."""
+    n = tensors[0].shape[0]
+    full, tail = divmod(n, batch_size)
+    carry = Carry(state, grads, *fresh_flags(full + (1 if tail else 0)))
+    if full:
+        carry = run_chunk(spec, carry, rng, tensors, order, full, batch_size)
+    if tail:
+        carry = tail_step(spec, carry, rng, tensors, order, batch_size)
+    return carry.state, carry.grads, finish(spec, carry, rng, val, val_batch_size)
 
 
 def read_flags(carry: Carry) -> jax.Array:
@@ -253,12 +272,14 @@ def _build(spec: StepSpec) -> tuple[StepSpec, Programs]:
                                  model_key=clone if spec.model_key is spec.model else spec.model_key)
     bind = functools.partial
     return stored, Programs(
-        chunk=jax.jit(bind(run_chunk, stored), static_argnums=3), tail=jax.jit(bind(tail_step, stored)),
-        finish=jax.jit(bind(finish, stored)), epoch=jax.jit(bind(run_epoch, stored), static_argnums=5),
+        chunk=jax.jit(bind(run_chunk, stored), static_argnums=(4, 5)),
+        tail=jax.jit(bind(tail_step, stored), static_argnums=4),
+        finish=jax.jit(bind(finish, stored), static_argnums=3),
+        epoch=jax.jit(bind(run_epoch, stored), static_argnums=(5, 7)),
         batch=jax.jit(bind(train_step, stored)), eval_batch=jax.jit(bind(eval_batch, stored)))
 
 
-split = jax.jit(batch_split, static_argnums=2)
+fresh = jax.jit(fresh_flags, static_argnums=0)
 zeros_like = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree))
 read = jax.jit(read_flags)
 
@@ -319,23 +340,24 @@ class JaxStep:
         if order is not None:
             order = np.asarray(order, dtype=np.int32)  # JAX has no int64 by default
         steps, rng = len(train), trainer.state.dropout_rng
-        val_split = None if val is None else trainer.val_batches(val)
+        val_tensors, val_bs = (None, 0) if val is None else (tuple(val.tensors), val.batch_size)
         state, _ = strip_state(trainer.state)
         if steps_per_execution >= steps:
             with order_transfer():
                 state, grads, record = fns.epoch(state, self._grads(), rng, tuple(train.tensors), order,
-                                                 train.batch_size, val_split)
+                                                 train.batch_size, val_tensors, val_bs)
         else:
+            carry = Carry(state, self._grads(), *fresh(steps))
+            full, done = len(train.batch_sizes()) - (1 if train.num_examples % train.batch_size else 0), 0
+            tensors = tuple(train.tensors)
             with order_transfer():
-                stacks, tail, fresh = split(train.tensors, order, train.batch_size)
-            carry = Carry(state, self._grads(), *fresh)
-            full, done = stacks[0].shape[0], 0
+                order_on_device = None if order is None else jax.device_put(order, trainer.ops.device)
             while done < full:
                 k = min(steps_per_execution, full - done)
-                carry, done = fns.chunk(carry, rng, stacks, k), done + k
-            if tail[0].shape[0]:
-                carry = fns.tail(carry, rng, tail)
-            state, grads, record = carry.state, carry.grads, fns.finish(carry, rng, val_split)
+                carry, done = fns.chunk(carry, rng, tensors, order_on_device, k, train.batch_size), done + k
+            if full < steps:
+                carry = fns.tail(carry, rng, tensors, order_on_device, train.batch_size)
+            state, grads, record = carry.state, carry.grads, fns.finish(carry, rng, val_tensors, val_bs)
         host = np.asarray(jax.device_get(record))  # the epoch's one device-to-host transfer
         divergence = divergence_of(host[steps:steps + 3])
         applied = divergence is None or divergence.step > 0 or trainer.last_grads is not None

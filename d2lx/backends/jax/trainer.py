@@ -29,14 +29,13 @@ from d2lx.backends.jax.step import (
     clip_by_global_norm,
     compiled,
     fresh_flags,
-    split,
     zeros_like,
 )
 from d2lx.data import DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
 from d2lx.errors import ArgumentTypeError, CheckpointError, DeviceUnavailableError, InvalidArgumentError
 from d2lx.history import History
-from d2lx.loader import ArrayLoader, Batch
+from d2lx.loader import Batch
 from d2lx.seeding import resolve_seed
 from d2lx.trainer import TrainerBase
 
@@ -70,7 +69,6 @@ class Trainer(TrainerBase):
         self._configuring = False  # fit() is about to install model.configure_optimizers()
         self._tx_key: Any = None
         self._specs: dict[bool, StepSpec] = {}
-        self._val_split: tuple[int, Any] | None = None
         self._fits = 0
         super().__init__(max_epochs, num_gpus, gradient_clip_val, **kwargs)
         if self.mesh is None:
@@ -126,7 +124,6 @@ class Trainer(TrainerBase):
                            self._placement)
         self._tx_key = "configure_optimizers" if configured else ByIdentity(tx)
         self._specs = {}
-        self._val_split = None
 
     def _check_model(self, model: Any) -> None:
         if not isinstance(model, Module):
@@ -197,13 +194,6 @@ class Trainer(TrainerBase):
         assert self.state is not None, "fit() creates the train state first"
         grads = self.last_grads if self.last_grads is not None else zeros_like(self.state.params)
         return Carry(strip_state(self.state)[0], grads, *fresh_flags(0))
-
-    def val_batches(self, loader: ArrayLoader) -> Any:
-        """The validation data cut into batches once per fit (it is not shuffled)."""
-        if self._val_split is None or self._val_split[0] != id(loader):
-            stacks, tail, _ = split(loader.tensors, None, loader.batch_size)
-            self._val_split = (id(loader), (stacks, tail))
-        return self._val_split[1]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _leaves(self, tree: Any) -> dict[str, np.ndarray]:
