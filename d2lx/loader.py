@@ -48,15 +48,8 @@ class ArrayOps(Protocol):
         """Copy an integer index vector to the device."""
         ...
 
-    def take(self, array: Any, indices: Any, out: Any = None) -> Any:
-        """Gather rows ``indices`` of a device array (stays on the device).
-
-        ``out``, where the framework can write into an array (torch, MXNet),
-        is the previous epoch's array of the same shape: reusing it spares
-        the allocation and first-touch page faults of a dataset-sized array
-        every epoch (on the CPU that is half the cost of the gather).
-        Frameworks with immutable arrays ignore it.
-        """
+    def take(self, array: Any, indices: Any) -> Any:
+        """Gather rows ``indices`` of a device array (stays on the device)."""
         ...
 
     def to_device(self, value: Any) -> Any:
@@ -122,7 +115,6 @@ class ArrayLoader:
         self.num_examples = num_examples
         #: Examples in the batch last handed out (a loss plotted by a reader's loop is weighted by it).
         self.current_size = 1
-        self._epoch: tuple[Any, ...] | None = None  # the last epoch's gathered arrays, reused as buffers
 
     def __len__(self) -> int:
         return math.ceil(self.num_examples / self.batch_size)
@@ -136,29 +128,32 @@ class ArrayLoader:
         """Draw this epoch's example order (``None``: the natural order).
 
         Compiled epochs call this instead of iterating, so that they consume
-        the random stream exactly as iteration does.
+        the random stream exactly as iteration does (and gather each batch's
+        rows in the graph).
         """
         if not self.shuffle:
             return None
         assert self.rng is not None
         return self.rng.permutation(self.num_examples)
 
-    def epoch_tensors(self) -> tuple[Any, ...]:
-        """The device arrays in this epoch's order (one gather if shuffled, into last epoch's arrays)."""
-        order = self.epoch_order()
-        if order is None:
-            return self.tensors
-        idx = self.ops.indices(order)
-        previous = self._epoch or (None,) * len(self.tensors)
-        self._epoch = tuple(self.ops.take(t, idx, out=o) for t, o in zip(self.tensors, previous))
-        return self._epoch
-
     def __iter__(self) -> Iterator[Batch]:
-        tensors = self.epoch_tensors()
+        """The epoch's batches: each gathers its own rows of the shuffled order, on the device.
+
+        Gathering per batch (a few MB that stay in the cache) rather than the
+        whole shuffled data set at the start of the epoch spares writing and
+        reading back a data set-sized array every epoch: on the CPU, for
+        100,000 x 256, 10 ms against 45 ms.
+        """
+        order = self.epoch_order()
+        rows = None if order is None else self.ops.indices(order)
         bs = self.batch_size
         for start in range(0, self.num_examples, bs):
             self.current_size = min(bs, self.num_examples - start)
-            yield tuple(t[start:start + bs] for t in tensors)
+            if rows is None:
+                yield tuple(t[start:start + bs] for t in self.tensors)
+            else:
+                batch_rows = rows[start:start + bs]
+                yield tuple(self.ops.take(t, batch_rows) for t in self.tensors)
 
 
 def as_batch(item: Any, split: str, index: int) -> Batch:

@@ -25,7 +25,7 @@ class NumpyOps:
     def indices(self, order):  # type: ignore[no-untyped-def]
         return order
 
-    def take(self, array, indices, out=None):  # type: ignore[no-untyped-def]
+    def take(self, array, indices):  # type: ignore[no-untyped-def]
         return array[indices]
 
 

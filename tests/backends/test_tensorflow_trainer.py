@@ -223,7 +223,9 @@ def test_keras_optimizer_state_round_trips_and_rejects_a_foreign_state() -> None
     state = trainer.optimizer_state()
     # The slots (momentum per variable), by position and name, not Keras' numbered path; the step
     # counter and the learning rate are the run's step and the model's lr, not optimizer state.
-    assert sorted(state) == ["0:dense_kernel_momentum", "1:dense_bias_momentum"], state
+    keys = sorted(state)  # Keras numbers layers per instance (dense_22...): positions are what match
+    assert len(keys) == 2 and keys[0].startswith("0:dense") and keys[0].endswith("kernel_momentum"), keys
+    assert keys[1].startswith("1:dense") and keys[1].endswith("bias_momentum"), keys
     assert all(np.abs(v).sum() > 0 for v in state.values())
     fresh = d2l.Trainer(max_epochs=1, progress=False)
     fresh.model = MomentumModel(lr=0.03)

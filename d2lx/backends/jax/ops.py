@@ -40,8 +40,8 @@ class JaxOps:
     def indices(self, order: np.ndarray) -> jax.Array:
         return jax.device_put(np.asarray(order, dtype=np.int32), self.device)
 
-    def take(self, array: jax.Array, indices: jax.Array, out: Any = None) -> jax.Array:
-        return jnp.take(array, indices, axis=0)  # JAX arrays are immutable: ``out`` is not used
+    def take(self, array: jax.Array, indices: jax.Array) -> jax.Array:
+        return jnp.take(array, indices, axis=0)
 
     def to_device(self, value: Any) -> jax.Array:
         return place(value if isinstance(value, jax.Array) else host_array(value), self.device)

@@ -43,9 +43,7 @@ class MXNetOps:
     def indices(self, order: onp.ndarray) -> np.ndarray:
         return np.array(order.astype(onp.int64), dtype=onp.int64, ctx=self.ctx)
 
-    def take(self, array: np.ndarray, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if out is not None and out.shape == array.shape and out.dtype == array.dtype and out.ctx == array.ctx:
-            return np.take(array, indices, axis=0, out=out)
+    def take(self, array: np.ndarray, indices: np.ndarray) -> np.ndarray:
         return np.take(array, indices, axis=0)
 
     def to_device(self, value: Any) -> np.ndarray:

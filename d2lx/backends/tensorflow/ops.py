@@ -64,8 +64,8 @@ class TFOps:
     def indices(self, order: np.ndarray) -> tf.Tensor:
         return self._put(order.astype(np.int64))
 
-    def take(self, array: tf.Tensor, indices: tf.Tensor, out: Any = None) -> tf.Tensor:
-        """Rows ``indices`` of ``array``; ``out`` is ignored (TensorFlow tensors are immutable)."""
+    def take(self, array: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        """Rows ``indices`` of ``array``, on the device."""
         with tf.device(self.device):
             return tf.gather(array, indices, axis=0)
 
@@ -109,11 +109,21 @@ def batch_spec(batch: Sequence[Any]) -> tuple[tf.TensorSpec, ...]:
     return tuple(tf.TensorSpec((None, *t.shape[1:]), tf.as_dtype(t.dtype)) for t in batch)
 
 
-def batch_at(tensors: Sequence[Any], i: tf.Tensor, batch_size: int) -> tuple[Any, ...]:
-    """Batch ``i`` of the epoch's ``tensors``, sliced in the graph (the last one may be shorter)."""
+def batch_at(tensors: Sequence[Any], order: tf.Tensor | None, i: tf.Tensor,
+             batch_size: int) -> tuple[Any, ...]:
+    """Batch ``i`` of the epoch, in the graph: its rows of ``order`` gathered (or sliced, unshuffled).
+
+    Each step gathers its own rows (a few MB that stay in the cache) rather
+    than the epoch gathering the whole shuffled data set first, which writes
+    and reads back a data set-sized array every epoch. The last batch may
+    be shorter.
+    """
     lo = i * batch_size
     hi = tf.minimum(lo + batch_size, tf.shape(tensors[0], out_type=tf.int64)[0])
-    return tuple(t[lo:hi] for t in tensors)
+    if order is None:
+        return tuple(t[lo:hi] for t in tensors)
+    rows = order[lo:hi]
+    return tuple(tf.gather(t, rows) for t in tensors)
 
 
 _INDICES: list[tf.Tensor] = []  # index(k) for every k asked so far

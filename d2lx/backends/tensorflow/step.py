@@ -11,10 +11,11 @@ How a step runs (and why):
   losses and the guard's latch back in one transfer; for any other loader
   ``train`` returns a device scalar that the core reads once per epoch.
 * **Stepwise and fused epochs.** The epoch's order is drawn with the
-  loader's ``epoch_tensors()`` (the random stream is consumed exactly as
-  iterating the loader consumes it), and a compiled call slices its batch
-  from those device arrays itself: one call per batch *index*, or with
-  ``steps_per_execution > 1`` a ``tf.while_loop`` over a chunk of indices.
+  loader's ``epoch_order()`` (the random stream is consumed exactly as
+  iterating the loader consumes it) and goes in as a device vector; a
+  compiled call gathers its batch's rows of the device-resident arrays
+  itself: one call per batch *index*, or with ``steps_per_execution > 1``
+  a ``tf.while_loop`` over a chunk of indices.
 * **The guard, in the graph.** An update is kept only if its loss is finite,
   the parameters it produced are finite and no earlier step of the epoch
   was refused; otherwise a ``tf.cond`` assigns back the values read before
@@ -140,10 +141,16 @@ class TFStep:
 
     @staticmethod
     def _run(fn: Any, loader: ArrayLoader, spe: int, fused: bool) -> list[tf.Tensor]:
-        tensors, n = tuple(loader.epoch_tensors()), len(loader)
+        """Every step of one pass over ``loader``; a shuffled one's order goes in as a device vector."""
+        order = loader.epoch_order()  # consumes the shuffle stream exactly as iteration does
+        data: tuple[Any, ...] = (tuple(loader.tensors),)
+        if loader.shuffle:
+            assert order is not None
+            data += (loader.ops.indices(order),)
+        n = len(loader)
         if not fused:
-            return [fn(tensors, index(i)) for i in range(n)]
-        return [fn(tensors, index(s), index(min(s + spe, n))) for s in range(0, n, spe)]
+            return [fn(*data, index(i)) for i in range(n)]
+        return [fn(*data, index(s), index(min(s + spe, n))) for s in range(0, n, spe)]
 
     @staticmethod
     def _divergence(bad: int, cause: int) -> Divergence | None:
@@ -250,26 +257,29 @@ class TFStep:
 
         def make(loader: ArrayLoader, what: str) -> Any:
             spec, size, training = batch_spec(loader.tensors), loader.batch_size, what == "train"
+            shuffled = loader.shuffle
 
-            def one(tensors: tuple[Any, ...], i: tf.Tensor) -> tf.Tensor:
-                batch = step.trainer.prepare_batch(batch_at(tensors, i, size))
+            def one(tensors: tuple[Any, ...], order: Any, i: tf.Tensor) -> tf.Tensor:
+                batch = step.trainer.prepare_batch(batch_at(tensors, order, i, size))
                 return step._train_one(batch, i) if training else step._val_one(batch)
 
-            def fn(tensors: tuple[Any, ...], start: tf.Tensor, *stop: tf.Tensor) -> tf.Tensor:
+            def fn(tensors: tuple[Any, ...], *args: tf.Tensor) -> tf.Tensor:
                 counts[what] += 1
                 step.set_training(training)
+                order, (start, *stop) = (args[0], args[1:]) if shuffled else (None, args)
                 if not fused:
-                    return one(tensors, start)
+                    return one(tensors, order, start)
                 out = tf.TensorArray(tf.float32, size=tf.cast(stop[0] - start, tf.int32))
 
                 def body(i: tf.Tensor, out: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
-                    return i + 1, out.write(tf.cast(i - start, tf.int32), one(tensors, i))
+                    return i + 1, out.write(tf.cast(i - start, tf.int32), one(tensors, order, i))
 
                 # parallel_iterations=1: each step reads the parameters the previous one wrote.
                 _, out = tf.while_loop(lambda i, _: i < stop[0], body, (start, out), parallel_iterations=1)
                 return out.stack()
 
-            signature = [spec, *[tf.TensorSpec((), tf.int64)] * (1 + fused)]
+            signature = [spec, *([tf.TensorSpec((None,), tf.int64)] if shuffled else []),
+                         *[tf.TensorSpec((), tf.int64)] * (1 + fused)]
             return tf.function(fn, input_signature=signature, autograph=self.trainer.autograph)
 
         return {"train": make(train, "train"), **({} if val is None else {"val": make(val, "val")})}

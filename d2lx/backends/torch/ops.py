@@ -26,10 +26,7 @@ class TorchOps:
     def indices(self, order: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(order.astype(np.int64)).to(self.device)
 
-    def take(self, array: torch.Tensor, indices: torch.Tensor,
-             out: torch.Tensor | None = None) -> torch.Tensor:
-        if out is not None and out.shape == array.shape and out.dtype == array.dtype:
-            return torch.index_select(array, 0, indices, out=out)
+    def take(self, array: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return array.index_select(0, indices)
 
     def to_device(self, value: Any) -> torch.Tensor:
