@@ -4,6 +4,7 @@
     nox -s "tests(backend='jax')" # one backend
     nox -s lint typecheck         # static checks
     nox -s demo                   # `d2lx fit` on every backend, both models
+    nox -s book_extract book -- PATH/TO/d2l-en  # the book's chapter 3 cells on every backend
 
 Each backend's environment is installed from its pin file ``backends/<name>.txt``
 (MXNet needs numpy<1.24, so no two frameworks share an environment). A backend
@@ -89,7 +90,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11", venv_backend=FAST_VENV)
 def typecheck(session: nox.Session) -> None:
-    """mypy on the framework-free core (the adapters are checked by the suite)."""
+    """mypy on all of d2lx, the backends included (frameworks are not installed: their types are Any)."""
     session.install("mypy==2.4.1", "-e", ".")
     session.run("mypy", "d2lx")
 
@@ -142,3 +143,31 @@ def bench(session: nox.Session, backend: str) -> None:
     session.run("d2lx", "bench", "--backend", backend, "--out", str(results / f"{backend}.json"),
                 *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "3", "CI": "1"})
     session.run("python", "benchmarks/combine.py", str(results))
+
+
+# -- the book (issue #13): d2l's chapter 3 cells, only the import line changed ---------------------
+BOOK_EXTRA = {"jax": ("tensorflow-cpu==2.21.0", "tensorflow-datasets==4.9.9")}  # the JAX cells import both
+
+
+@nox.session(python="3.11", venv_backend="virtualenv")
+def book_extract(session: nox.Session) -> None:
+    """Cut the chapter's sections into one notebook per framework with the book's own tool, d2lbook."""
+    if not session.posargs:
+        session.error("pass a checkout of https://github.com/d2l-ai/d2l-en: nox -s book -- PATH")
+    session.install("d2lbook==1.0.3")
+    session.run("python", "tools/book.py", "extract", session.posargs[0], str(ROOT / ".nox" / "_book"))
+
+
+@nox.session(python="3.11", venv_backend="virtualenv")
+@nox.parametrize("backend", BACKENDS)
+def book(session: nox.Session, backend: str) -> None:
+    """Run the chapter 3 notebooks of one framework on d2lx in Jupyter kernels (nbclient).
+
+    ``nox -s book_extract book -- PATH/TO/d2l-en`` extracts them first.
+    """
+    notebooks = ROOT / ".nox" / "_book"
+    if not (notebooks / backend).is_dir():
+        session.error("no extracted notebooks: run `nox -s book_extract book -- PATH/TO/d2l-en`")
+    _install_backend(session, backend, "nbclient", "ipykernel", *BOOK_EXTRA.get(backend, ()))
+    session.run("python", "tools/book.py", "run", str(notebooks), "--backend", backend,
+                "--report", str(notebooks / f"{backend}.json"), env={"TF_CPP_MIN_LOG_LEVEL": "3"})
