@@ -146,7 +146,7 @@ def bench(session: nox.Session, backend: str) -> None:
 
 
 # -- the book (issue #13): d2l's chapter 3 cells, only the import line changed ---------------------
-BOOK_EXTRA = {"jax": ("tensorflow-cpu==2.21.0", "tensorflow-datasets==4.9.9")}  # the JAX cells import both
+BOOK_EXTRA = {"jax": ("tensorflow-cpu==2.21.0", "tensorflow-datasets==4.9.10")}  # the JAX cells import both
 
 
 @nox.session(python="3.11", venv_backend="virtualenv")
