@@ -203,9 +203,10 @@ class ModelCheckpoint:
 
     ``Trainer(callbacks=[ModelCheckpoint("run.safetensors")])``; resume with
     ``trainer.fit(model, data, ckpt_path="run.safetensors")``. The path is
-    checked when the callback is made (not after the first epoch), and one
-    callback owns it: a second writer to the same file, in this process or
-    another, is refused instead of silently overwriting the first one's runs.
+    checked when the callback is made (not after the first epoch), and while
+    a fit runs the callback owns it: a second writer to the same file, in
+    this process or another, is refused instead of silently overwriting the
+    first one's checkpoints. The file is free again when the fit ends.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -221,8 +222,12 @@ class ModelCheckpoint:
                 self._lock.remove_leftovers()
             trainer.save_checkpoint(self.path)
 
+    def on_fit_end(self, trainer: Any) -> None:
+        """The fit is over (finished or failed): another run may write to the path now."""
+        self.release()
+
     def release(self) -> None:
-        """Let another writer use the path (done when the callback is garbage-collected)."""
+        """Let another writer use the path (the trainer calls it when ``fit`` ends)."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None

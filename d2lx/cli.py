@@ -24,11 +24,21 @@ from d2lx.errors import D2lxError, InvalidArgumentError
 Handler = Callable[[argparse.Namespace], int]
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after each option's help, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, argparse.SUPPRESS, False):
+            return help_text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with its usage errors on one line and every option's default in ``--help``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _Defaults)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

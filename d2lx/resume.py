@@ -103,9 +103,16 @@ def _differences(ckpt: checkpoint.Checkpoint, trainer: Any) -> list[str]:
                 out.append(f"{what} {key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now")
     if meta.get("seed") != getattr(data, "seed", None):
         out.append(f"data seed: {meta.get('seed')!r} in the checkpoint, {getattr(data, 'seed', None)!r} now")
-    saved_data = meta.get("data")
-    if saved_data is not None and saved_data != checkpoint.jsonable(data_fingerprint(trainer)):
-        out.append(f"data: {saved_data} in the checkpoint, {data_fingerprint(trainer)} now")
+    saved_data, now_data = meta.get("data"), checkpoint.jsonable(data_fingerprint(trainer))
+    if isinstance(saved_data, dict):
+        for split in ("train", "val"):
+            a, b = saved_data.get(split), now_data.get(split)
+            uncounted = None in (a.get("batches", 0), b.get("batches", 0)) if isinstance(a, dict) and \
+                isinstance(b, dict) else False
+            if uncounted:
+                continue  # a loader without len() is counted only once it has run an epoch
+            if a != b:
+                out.append(f"{split} data: {a} in the checkpoint, {b} now")
     return out
 
 

@@ -66,7 +66,10 @@ class TrainerBase(Reporting, HyperParameters):
       board (d2l's loss curves) is written there after ``fit``.
     * ``check_finite``: refuse (and stop at) the first step whose loss, or
       whose updated parameters, are NaN/inf (default on).
-    * ``callbacks``: functions ``fn(trainer)`` called after every epoch.
+    * ``callbacks``: functions ``fn(trainer)`` called after every epoch; one
+      with an ``on_fit_end(trainer)`` method also hears when ``fit`` ends,
+      even by an error (:class:`~d2lx.checkpoint.ModelCheckpoint` frees its
+      file then).
     * ``devices`` / ``strategy``: ``devices=N`` splits every global batch
       across N devices on the framework's own engine (``num_gpus=N`` means
       ``device="gpu", devices=N``); it ends where one device ends.
@@ -141,6 +144,9 @@ class TrainerBase(Reporting, HyperParameters):
         raise NotImplementedError
 
     def make_step(self) -> Step:
+        raise NotImplementedError
+
+    def clip_gradients(self, grad_clip_val: float, target: Any) -> Any:
         raise NotImplementedError
 
     def model_state(self) -> dict[str, np.ndarray]:
@@ -230,6 +236,10 @@ class TrainerBase(Reporting, HyperParameters):
         finally:
             self.fit_seconds = time.perf_counter() - start
             model.board.flush()
+            for callback in self.callbacks:  # e.g. ModelCheckpoint lets go of its file
+                end = getattr(callback, "on_fit_end", None)
+                if end is not None:
+                    end(self)
         if self.plot_path is not None and self.is_global_zero:
             self.plot(self.plot_path)
         return self.history

@@ -63,8 +63,6 @@ def test_an_mlp_checkpointed_halfway_resumes_bit_identical(d2l: Any, backend_nam
         callbacks = [ModelCheckpoint(tmp_path / "half.safetensors")] if epochs == 2 else []
         trainer = d2l.Trainer(max_epochs=epochs, progress=False, callbacks=callbacks)
         history = trainer.fit(model, OwnLoaderData(backend_name, shuffle=shuffle), **fit)
-        for cb in callbacks:
-            cb.release()
         return trainer, history
 
     straight, straight_history = run(4)
@@ -96,6 +94,29 @@ def test_any_reiterable_of_numpy_batches_trains_and_len_is_counted(d2l: Any, bac
     assert trainer.train_batch_idx == 3 * 4 and trainer.num_train_batches == 4
     assert trainer.val_batch_idx == 3 * 2 and len(history) == 3
     assert history.train_loss[-1] < history.train_loss[0]
+
+
+def test_a_run_on_a_generator_resumes_like_any_other(d2l: Any, tmp_path: Path) -> None:
+    X, y, X_val, y_val = recipes.regression_task(n=100, num_val=30)
+
+    class Generated(DataModule):  # no len(): the batches are counted as they come
+        batch_size = 25
+
+        def get_dataloader(self, train: bool) -> Any:
+            Xs, ys = (X, y) if train else (X_val, y_val)
+            for i in range(0, len(Xs), self.batch_size):
+                yield Xs[i:i + self.batch_size], ys[i:i + self.batch_size]
+
+    path = tmp_path / "gen.safetensors"
+    straight = d2l.LinearRegression(lr=0.05)
+    d2l.Trainer(max_epochs=3, progress=False).fit(straight, Generated())
+    d2l.Trainer(max_epochs=1, progress=False, callbacks=[ModelCheckpoint(path)]).fit(
+        d2l.LinearRegression(lr=0.05), Generated())
+    resumed = d2l.LinearRegression(lr=0.05)
+    trainer = d2l.Trainer(max_epochs=3, progress=False)
+    trainer.fit(resumed, Generated(), ckpt_path=path)
+    assert trainer.train_batch_idx == 3 * 4
+    np.testing.assert_array_equal(resumed.get_w_b()[0], straight.get_w_b()[0])
 
 
 def test_a_batch_that_is_not_a_tuple_is_refused(d2l: Any) -> None:
