@@ -120,7 +120,7 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
-# -- benchmarks (issue #7) ---------------------------------------------------------------
+# -- benchmarks -----------------------------------------------------------------------------
 # Every backend with a pin file is benchmarked, adapter or not: without a d2lx
 # adapter the run still times the hand-written loop and Keras, and says why
 # the d2lx columns are empty. Keras 3 runs on jax, tensorflow and torch; the
@@ -132,15 +132,16 @@ BENCH_KERAS = {"jax": ("keras==3.15.1",), "torch": ("keras==3.15.1",)}
 @nox.session(python="3.11", venv_backend="virtualenv")
 @nox.parametrize("backend", BENCH_BACKENDS)
 def bench(session: nox.Session, backend: str) -> None:
-    """`d2lx bench` on one backend (JSON), then the combined table + plot of all results.
+    """`python -m benchmarks` on one backend (JSON), then the combined table + plot of all results.
 
     `nox -s bench` runs every backend in turn, each in its own environment;
-    extra arguments go to `d2lx bench` (`nox -s bench -- --quick`).
+    extra arguments go to `python -m benchmarks` (`nox -s bench -- --quick`).
     """
     session.install("-r", f"backends/{backend}.txt", "-e", ".", *BENCH_KERAS.get(backend, ()))
     quick = "--quick" in session.posargs
     results = ROOT / "benchmarks" / "results" / ("smoke" if quick else "")
-    session.run("d2lx", "bench", "--backend", backend, "--out", str(results / f"{backend}.json"),
+    session.run("python", "-m", "benchmarks", "--backend", backend,
+                "--out", str(results / f"{backend}.json"),
                 *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "3", "CI": "1"})
     session.run("python", "benchmarks/combine.py", str(results))
 

@@ -1,12 +1,13 @@
-"""Combine per-backend ``d2lx bench`` JSON files into a Markdown table and a PNG plot.
+"""Combine per-backend benchmark JSON files into a Markdown table and a PNG plot.
 
     python benchmarks/combine.py benchmarks/results            # every *.json there
     python benchmarks/combine.py a.json b.json --out-dir DIR
 
 Writes ``results.md`` and ``results.png`` next to the inputs (or in
-``--out-dir``). Needs only NumPy and matplotlib, so it runs in any backend's
-environment. Files from a smoke run (``d2lx bench --quick``) are labelled as
-such in every output.
+``--out-dir``): one table per workload group, then the targets. Needs only
+NumPy and matplotlib, so it runs in any backend's environment (and as a
+plain script: it imports nothing of ``benchmarks``). Files from a smoke run
+(``python -m benchmarks --quick``) are labelled as such in every output.
 """
 
 from __future__ import annotations
@@ -17,9 +18,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "d2lx-bench/1"
+#: This version's documents, and the previous one (seed and sweep tables only).
+SCHEMAS = ("d2lx-bench/2", "d2lx-bench/1")
 METHODS = (("d2lx_step", "d2lx step"), ("d2lx_fused", "d2lx fused"), ("loop", "hand-written loop"),
            ("keras", "Keras 3 fit"))
+
+#: group -> (title, unit key, unit label, methods shown, ratio columns (key, header)).
+GROUPS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, str], ...]]] = {
+    "seed": ("Seed workload (d2l 3.4/3.5, both models)",
+             "us_per_step", "microseconds per optimizer step (the run / its steps; validation included)",
+             ("d2lx_step", "d2lx_fused", "loop", "keras"),
+             (("step_over_loop", "step / loop"), ("loop_over_fused", "loop / fused"),
+              ("keras_over_fused", "Keras / fused"))),
+    "large": ("Large workload (bandwidth-bound, concise model)",
+              "epoch_ms", "milliseconds per epoch, validation included",
+              ("d2lx_step", "d2lx_fused", "loop", "keras"),
+              (("step_over_loop", "step / loop"), ("fused_over_loop", "fused / loop"),
+               ("fused_over_copy", "fused / NumPy copy"), ("bandwidth_fraction", "d2lx / copy GB/s"),
+               ("keras_over_fused", "Keras / fused"))),
+    "mlp": ("MLP workload (a reader's d2lx Module with framework layers, SGD)",
+            "epoch_ms", "milliseconds per epoch, validation included",
+            ("d2lx_step", "d2lx_fused", "loop", "keras"),
+            (("step_over_loop", "step / loop"), ("fused_over_loop", "fused / loop"),
+             ("keras_over_fused", "Keras / fused"))),
+    "loader": ("Framework-loader workload (the framework's own loader, concise model)",
+               "epoch_ms", "milliseconds per epoch, validation included",
+               ("d2lx_step", "loop"), (("step_over_loop", "step / loop"),)),
+}
 
 
 def load(paths: list[Path]) -> list[dict[str, Any]]:
@@ -29,23 +54,30 @@ def load(paths: list[Path]) -> list[dict[str, Any]]:
     docs = []
     for f in files:
         doc = json.loads(f.read_text())
-        if doc.get("schema") == SCHEMA:
+        if doc.get("schema") in SCHEMAS:
             docs.append(doc)
     return sorted(docs, key=lambda d: d["backend"])
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}g}"
+    return "-" if value is None else f"{value:.{digits}g}"
 
 
-def _cell(m: dict[str, Any], key: str = "us_per_step") -> str:
+def _value(m: dict[str, Any], key: str, epochs: int) -> tuple[float, float]:
+    """The method's median in the unit of ``key`` and the factor from seconds to that unit."""
+    if key == "epoch_ms":
+        scale = 1e3 / epochs
+    else:
+        scale = m[key] / m["median_s"]
+    return m["median_s"] * scale, scale
+
+
+def _cell(m: dict[str, Any], key: str, epochs: int) -> str:
     """``median [q1-q3]`` in the unit of ``key``, or why there is no number."""
     if m.get("status") != "ok":
-        return f"_{m.get('status', '-')}_"
-    scale = m[key] / m["median_s"] if key != "median_s" else 1.0
-    text = f"{m[key]:.3g} [{m['q1_s'] * scale:.3g}-{m['q3_s'] * scale:.3g}]"
+        return "= step" if m.get("same_as") == "d2lx_step" else f"_{m.get('status', '-')}_"
+    med, scale = _value(m, key, epochs)
+    text = f"{med:.3g} [{m['q1_s'] * scale:.3g}-{m['q3_s'] * scale:.3g}]"
     for k in ("best_spe", "best_variant"):
         if k in m:
             text += f" ({k.split('_', 1)[1]} {m[k]})"
@@ -56,60 +88,86 @@ def _rate(m: dict[str, Any], key: str) -> str:
     return _fmt(m.get(key)) if m.get("status") == "ok" else "-"
 
 
+def _data(w: dict[str, Any]) -> str:
+    """``n x d (-> h), batch b, e epoch(s), v val``: the workload's size, as the run used it."""
+    hidden = f" -> {w['hidden']}" if w.get("hidden") else ""
+    return (f"{w['num_train']} x {w['num_inputs']}{hidden}, batch {w['batch_size']}, {w['epochs']} ep, "
+            f"{w.get('num_val', 0)} val")
+
+
+def _rows(docs: list[dict[str, Any]], group: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    return [(d, r) for d in docs for r in d["results"] if r["workload"]["group"] == group]
+
+
+def _group_table(docs: list[dict[str, Any]], group: str) -> list[str]:
+    title, key, unit, methods, ratio_cols = GROUPS[group]
+    rows = _rows(docs, group)
+    if not rows:
+        return []
+    labels = dict(METHODS)
+    lines = ["", f"## {title}", "", f"{unit[0].upper()}{unit[1:]}: median [interquartile range] over the "
+             "repeats; \"= step\": the trainer runs step by step here whatever `steps_per_execution` "
+             "says.", "",
+             "| backend | workload | data | " + " | ".join(labels[k] for k in methods)
+             + (" | NumPy copy" if group == "large" else "") + " | "
+             + " | ".join(h for _, h in ratio_cols) + " |",
+             "| --- " * (3 + len(methods) + (group == "large") + len(ratio_cols)) + "|"]
+    for d, r in rows:
+        w, ms, ra = r["workload"], r["methods"], r.get("ratios", {})
+        copy = r.get("numpy_copy")
+        cells = [_cell(ms.get(k, {}), key, w["epochs"]) for k in methods]
+        if group == "large":
+            cells.append("-" if not copy else f"{copy['median_s'] * 1e3:.3g} ms, {copy['gbps']:.3g} GB/s")
+        cells += [_fmt(ra.get(k)) for k, _ in ratio_cols]
+        lines.append(f"| {d['backend']} | {w['name']} | {_data(w)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _sweep_table(docs: list[dict[str, Any]]) -> list[str]:
+    rows = _rows(docs, "sweep")
+    if not rows:
+        return []
+    lines = ["", "## Scaling sweep (concise model, validation on a tenth of the training size)", "",
+             "Examples per second (median). Bandwidth: bytes of the training X and y per epoch / time, for "
+             "the best d2lx mode; NumPy copy: `np.copyto` of the same arrays in the same run (only for "
+             "cases whose X and y exceed 32 MiB).", "",
+             "| backend | examples | inputs | batch | epochs | d2lx step | d2lx fused | loop | Keras | "
+             "d2lx us/step | loop us/step | d2lx GB/s | NumPy copy GB/s | d2lx / copy | step / loop |",
+             "| --- " * 15 + "|"]
+    for d, r in rows:
+        w, ms, ra = r["workload"], r["methods"], r.get("ratios", {})
+        best, copy = _best_d2lx(ms), r.get("numpy_copy")
+        lines.append(
+            f"| {d['backend']} | {w['num_train']} | {w['num_inputs']} | {w['batch_size']} | {w['epochs']} | "
+            + " | ".join(_rate(ms.get(k, {}), "examples_per_s") for k, _ in METHODS)
+            + f" | {_rate(best, 'us_per_step')} | {_rate(ms.get('loop', {}), 'us_per_step')} | "
+              f"{_rate(best, 'gbps')} | {_fmt(copy['gbps']) if copy else '-'} | "
+              f"{_fmt(ra.get('bandwidth_fraction'), 2)} | {_fmt(ra.get('step_over_loop'))} |")
+    return lines
+
+
 def markdown(docs: list[dict[str, Any]]) -> str:
-    smoke = any(d.get("smoke") for d in docs)
     lines = ["# d2lx benchmark results", ""]
-    if smoke:
-        lines += ["> **SMOKE RUN** (`d2lx bench --quick` on a busy machine): noisy numbers that only show "
-                  "the suite works. Not for citation; the measured run is `nox -s bench`.", ""]
+    if any(d.get("smoke") for d in docs):
+        lines += ["> **SMOKE RUN** (`python -m benchmarks --quick`, tiny sizes, usually on a busy machine): "
+                  "noisy numbers that only show the suite works. Not for citation; the measured run is "
+                  "`nox -s bench`.", ""]
     lines += ["Generated by `benchmarks/combine.py` from the per-backend JSON files; see "
               "`benchmarks/README.md` for what each column means.", "",
-              "| backend | framework | Keras | date (UTC) | CPU | cores | load at start | repeats |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| backend | framework | Keras | date (UTC) | CPU | cores | load at start | repeats | "
+              "trainer fuses steps | duration |",
+              "| --- " * 10 + "|"]
     for d in docs:
-        m, v = d["machine"], d["versions"]
+        m, v, s = d["machine"], d["versions"], d["settings"]
         lines.append(f"| {d['backend']}{' (smoke)' if d.get('smoke') else ''} | {v.get(d['backend'])} | "
                      f"{v.get('keras') or '-'} | {d['date']} | {m['cpu']} | {m['cores']} | "
-                     f"{m.get('load_average_at_start', '-')} | {_repeats(d['settings']['repeats'])} |")
-    lines += ["", "## Seed workload (d2l 3.4/3.5: 1000 examples, 2 inputs, batch 32, 3 epochs = 96 steps)",
-              "",
-              "Microseconds per optimizer step: median [interquartile range] over the repeats.", "",
-              "| backend | model | d2lx step | d2lx fused | hand-written loop | Keras 3 fit | "
-              "step / loop | loop / fused | Keras / fused |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for d in docs:
-        for r in d["results"]:
-            w, ms, ra = r["workload"], r["methods"], r["ratios"]
-            if w["group"] != "seed":
-                continue
-            lines.append(f"| {d['backend']} | {w['model']} | "
-                         + " | ".join(_cell(ms.get(k, {})) for k, _ in METHODS)
-                         + f" | {_fmt(ra.get('step_over_loop'))} | {_fmt(ra.get('loop_over_fused'))} | "
-                           f"{_fmt(ra.get('keras_over_fused'))} |")
-    lines += ["", "## Scaling sweep (concise model)", "",
-              "Examples per second (median). Bandwidth: bytes of X and y read per epoch / time, "
-              "for the best d2lx mode; NumPy copy: `np.copyto` of the same arrays in the same run "
-              "(only for cases whose X and y exceed 32 MiB).", "",
-              "| backend | examples | inputs | batch | epochs | d2lx step | d2lx fused | loop | Keras | "
-              "d2lx us/step | loop us/step | d2lx GB/s | NumPy copy GB/s | d2lx / copy | step / loop |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for d in docs:
-        for r in d["results"]:
-            w, ms, ra = r["workload"], r["methods"], r["ratios"]
-            if w["group"] != "sweep":
-                continue
-            best = _best_d2lx(ms)
-            copy = r.get("numpy_copy")
-            lines.append(
-                f"| {d['backend']} | {w['num_train']} | {w['num_inputs']} | {w['batch_size']} | "
-                f"{w['epochs']} | "
-                + " | ".join(_rate(ms.get(k, {}), "examples_per_s") for k, _ in METHODS)
-                + f" | {_rate(best, 'us_per_step')} | {_rate(ms.get('loop', {}), 'us_per_step')} | "
-                  f"{_rate(best, 'gbps')} | {_fmt(copy['gbps']) if copy else '-'} | "
-                  f"{_fmt(ra.get('bandwidth_fraction'), 2)} | {_fmt(ra.get('step_over_loop'))} |")
+                     f"{m.get('load_average_at_start', '-')} | {_repeats(s['repeats'])} | "
+                     f"{s.get('fuses_steps', '-')} | {d.get('duration_s', '-')} s |")
+    for group in GROUPS:
+        lines += _group_table(docs, group)
+    lines += _sweep_table(docs)
     lines += ["", "## Targets (reported, never enforced by tests)", "",
-              "| backend | target | workload | value | threshold | met |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "| backend | target | workload | value | threshold | met |", "| --- " * 6 + "|"]
     for d in docs:
         for t in d.get("targets", []):
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
@@ -128,6 +186,7 @@ def _best_d2lx(ms: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(docs: list[dict[str, Any]], path: Path) -> None:
+    """Left: d2lx step / loop per workload and backend (the 1.15 target drawn); right: the sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,23 +194,19 @@ def plot(docs: list[dict[str, Any]], path: Path) -> None:
     import numpy as np
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    seed_rows = [(d["backend"], r) for d in docs for r in d["results"] if r["workload"]["group"] == "seed"]
-    x = np.arange(len(seed_rows))
-    width = 0.2
-    for i, (key, label) in enumerate(METHODS):
-        meds, lo, hi = [], [], []
-        for _, r in seed_rows:
-            m = r["methods"].get(key, {})
-            ok = m.get("status") == "ok"
-            meds.append(m["us_per_step"] if ok else np.nan)
-            scale = m["us_per_step"] / m["median_s"] if ok else 0.0
-            lo.append(max(0.0, meds[-1] - m["q1_s"] * scale) if ok else 0.0)
-            hi.append(max(0.0, m["q3_s"] * scale - meds[-1]) if ok else 0.0)
-        ax1.bar(x + (i - 1.5) * width, meds, width, yerr=[lo, hi], label=label, capsize=2)
-    ax1.set_xticks(x, [f"{b}\n{r['workload']['model']}" for b, r in seed_rows])
-    ax1.set_yscale("log")
-    ax1.set_ylabel("microseconds per step (median, IQR)")
-    ax1.set_title("seed workload: 1000 x 2, batch 32, 3 epochs")
+    names = sorted({r["workload"]["name"] for d in docs for r in d["results"]
+                    if r["workload"]["group"] != "sweep"})
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(docs))
+    for i, d in enumerate(docs):
+        by_name = {r["workload"]["name"]: r.get("ratios", {}).get("step_over_loop") for r in d["results"]}
+        values = [np.nan if by_name.get(n) is None else by_name[n] for n in names]
+        ax1.bar(x + (i - (len(docs) - 1) / 2) * width, values, width, label=d["backend"])
+    ax1.axhline(1.15, color="red", linestyle="--", linewidth=1, label="target 1.15")
+    ax1.axhline(1.0, color="black", linewidth=0.5)
+    ax1.set_xticks(x, names, rotation=20, fontsize=8)
+    ax1.set_ylabel("d2lx step-by-step time / hand-written loop")
+    ax1.set_title("per-step overhead (below 1: d2lx is faster)")
     ax1.legend(fontsize=8)
     for d in docs:
         sweep = [r for r in d["results"] if r["workload"]["group"] == "sweep"]
@@ -169,9 +224,9 @@ def plot(docs: list[dict[str, Any]], path: Path) -> None:
         ax2.set_yscale("log")
         ax2.set_ylabel("examples per second (median)")
         ax2.legend(fontsize=7)
-    else:  # e.g. a `--only seed` run: say so instead of drawing empty axes
+    else:  # e.g. a run without the sweep: say so instead of drawing empty axes
         ax2.axis("off")
-        ax2.text(0.5, 0.5, "no sweep in these results\n(d2lx bench --only sweep)",
+        ax2.text(0.5, 0.5, "no sweep in these results\n(python -m benchmarks --only sweep)",
                  ha="center", va="center", transform=ax2.transAxes)
     if any(d.get("smoke") for d in docs):
         fig.suptitle("SMOKE RUN: noisy numbers, not for citation", color="red")
@@ -181,13 +236,13 @@ def plot(docs: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="JSON files or folders of them")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     docs = load(args.inputs)
     if not docs:
-        print("combine: no d2lx-bench JSON files found", file=sys.stderr)
+        print("combine: no d2lx benchmark JSON files found", file=sys.stderr)
         return 1
     first = args.inputs[0]
     out_dir = args.out_dir or (first if first.is_dir() else first.parent)

@@ -1,13 +1,16 @@
-"""The benchmark runner on the active backend, with a tiny workload.
+"""The benchmark application (``python -m benchmarks``) on the active backend, with tiny workloads.
 
-No timing is asserted (timings are benchmarks' business, not tests'): these
-tests check that every method runs and trains, that the JSON document has its
-schema, and that the ratios and targets are computed from the medians. They
-skip when the backend's framework is not installed.
+No timing is asserted (timings are the benchmark's business, not the
+tests'): these tests check that every method runs and trains, that d2lx and
+the hand-written loop run the same experiment, that the JSON document has its
+schema, that ratios and targets are computed from the medians, that the CLI
+refuses bad options in one line, and that ``d2lx`` never imports
+``benchmarks``. They skip when the backend's framework is not installed.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -17,12 +20,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2lx import bench, cli, registry
+from d2lx import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [bench.Workload("seed/concise", "seed", "concise", 96, 2, 16, 2),
-        bench.Workload("seed/scratch", "seed", "scratch", 96, 2, 16, 2),
-        bench.Workload("sweep/tiny", "sweep", "concise", 200, 3, 64, 1)]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the benchmark application is run from the repository root
+
+from benchmarks import __main__ as cli  # noqa: E402
+from benchmarks import combine, runner, targets, workloads  # noqa: E402
+from benchmarks.keras_worker import KERAS_BACKENDS, run_keras  # noqa: E402
+from benchmarks.workloads import Workload  # noqa: E402
+
+TINY = [Workload("seed/concise", "seed", "concise", 96, 2, 16, 2, 32),
+        Workload("seed/scratch", "seed", "scratch", 96, 2, 16, 2, 32),
+        Workload("large/concise", "large", "concise", 200, 3, 64, 1, 64),
+        Workload("mlp", "mlp", "mlp", 128, 4, 32, 2, 32, hidden=8),
+        Workload("loader/concise", "loader", "concise", 96, 3, 16, 2, 32, loader="framework"),
+        Workload("sweep/tiny", "sweep", "concise", 200, 3, 64, 1, 64)]
+BY_NAME = {w.name: w for w in TINY}
 
 
 @pytest.fixture(scope="module")
@@ -35,66 +50,111 @@ def framework_backend() -> str:
 
 @pytest.fixture(scope="module")
 def doc(framework_backend: str) -> dict:
-    return bench.run_backend(framework_backend, TINY, repeats=2, spe_values=(1, 4, 100), keras=False,
-                             loops_dir=ROOT / "benchmarks" / "loops", smoke=True)
+    return runner.run_backend(framework_backend, TINY, repeats=2, spe_values=(1, 4, 100), keras=False,
+                              smoke=True)
 
 
-def _check_stats(m: dict, w: bench.Workload) -> None:
+@pytest.fixture(scope="module")
+def fuses(framework_backend: str) -> bool:
+    try:
+        return bool(registry.load(framework_backend).Trainer.fuses_steps)
+    except ImportError:
+        pytest.skip(f"no d2lx {framework_backend} adapter in this checkout")
+
+
+def _results(doc: dict) -> list[tuple[Workload, dict]]:
+    return [(BY_NAME[r["workload"]["name"]], r) for r in doc["results"]]
+
+
+def _check_stats(m: dict, w: Workload) -> None:
     assert m["status"] == "ok", m
     samples = m["samples_s"]
-    assert all(s > 0 for s in samples)
+    assert len(samples) == 2 and all(s > 0 for s in samples)
     assert m["min_s"] <= m["q1_s"] <= m["median_s"] <= m["q3_s"] <= m["max_s"]
     assert m["median_s"] == pytest.approx(float(np.median(samples)))
     assert m["us_per_step"] == pytest.approx(m["median_s"] / w.steps * 1e6)
+    assert m["epoch_s"] == pytest.approx(m["median_s"] / w.epochs)
     assert m["examples_per_s"] == pytest.approx(w.epochs * w.num_train / m["median_s"])
 
 
+def _check_trained(m: dict, r: dict, w: Workload) -> None:
+    """From the shared start, the run got clearly better on the validation set."""
+    assert math.isfinite(m["final_loss"]) and math.isfinite(m["final_val_loss"])
+    assert m["final_val_loss"] < 0.9 * r["initial_val_loss"], (w.name, m, r["initial_val_loss"])
+    if w.model != "mlp":
+        assert m["w_max_error"] < 0.9 * 4.2  # the bias starts 4.2 away from its true value
+    else:
+        assert "w_max_error" not in m
+
+
 def test_document_schema(doc: dict, framework_backend: str) -> None:
-    assert doc["schema"] == bench.SCHEMA
+    assert doc["schema"] == runner.SCHEMA == "d2lx-bench/2"
     assert doc["backend"] == framework_backend
     assert doc["smoke"] is True
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu"]
     assert doc["versions"][framework_backend]
+    assert doc["settings"]["repeats"] == 2 and doc["settings"]["warmup"] == 1
     assert [r["workload"]["name"] for r in doc["results"]] == [w.name for w in TINY]
+    for w, r in _results(doc):
+        assert r["workload"] == w.as_dict()
+        assert set(r["methods"]) == {"d2lx_step", "d2lx_fused", "loop", "keras"}
+        assert set(r["ratios"]) == set(targets.RATIO_KEYS)
     json.loads(json.dumps(doc))  # plain JSON all the way down
 
 
 def test_hand_written_loop_trains(doc: dict) -> None:
-    for w, r in zip(TINY, doc["results"]):
+    for w, r in _results(doc):
         loop = r["methods"]["loop"]
         _check_stats(loop, w)
         assert loop["best_variant"] in loop["by_variant"]
-        # 96 examples, 2 epochs from w ~ 0: far from converged, but clearly on the way.
-        start_error = 4.2  # |b - 0|, the largest initial error
-        assert loop["w_max_error"] < start_error * 0.9, loop
-        assert math.isfinite(loop["final_loss"])
+        ok = [v["median_s"] for v in loop["by_variant"].values() if v["status"] == "ok"]
+        assert loop["median_s"] == min(ok)
+        _check_trained(loop, r, w)
 
 
-def test_d2lx_methods_and_ratios(doc: dict, framework_backend: str) -> None:
-    try:
-        registry.load(framework_backend)
-    except ImportError:
-        pytest.skip(f"no d2lx {framework_backend} adapter in this checkout")
-    for w, r in zip(TINY, doc["results"]):
+def test_d2lx_methods_train_like_the_loop(doc: dict, fuses: bool) -> None:
+    assert doc["settings"]["fuses_steps"] is fuses
+    for w, r in _results(doc):
         ms = r["methods"]
         _check_stats(ms["d2lx_step"], w)
+        _check_trained(ms["d2lx_step"], r, w)
+        # The same experiment: same start, same data, and (d2lx's loader) the same shuffled orders.
+        gap = abs(ms["d2lx_step"]["final_val_loss"] - ms["loop"]["final_val_loss"])
+        assert gap <= 0.05 * r["initial_val_loss"] + 1e-3, (w.name, ms["d2lx_step"], ms["loop"])
         fused = ms["d2lx_fused"]
-        _check_stats(fused, w)
-        # spe 1 is the step-by-step run, and 100 is capped at one epoch's steps.
-        assert set(fused["by_spe"]) == {str(s) for s in (4, w.steps_per_epoch) if s > 1}
-        assert fused["median_s"] == min(v["median_s"] for v in fused["by_spe"].values())
-        ratios = r["ratios"]
-        assert ratios["step_over_loop"] == pytest.approx(ms["d2lx_step"]["median_s"] / ms["loop"]["median_s"])
-        assert ratios["loop_over_fused"] == pytest.approx(ms["loop"]["median_s"] / fused["median_s"])
-        assert ratios["keras_over_fused"] is None  # keras=False
-        assert ms["keras"]["status"] in ("skipped",)
-        # d2lx and the loop run the same experiment: both move the same way from the start.
-        assert abs(ms["d2lx_step"]["w_max_error"] - ms["loop"]["w_max_error"]) < 0.5
+        if fuses and w.loader == "d2lx":
+            _check_stats(fused, w)
+            _check_trained(fused, r, w)
+            # spe 1 is the step-by-step run, and 100 is capped at one epoch's steps.
+            assert set(fused["by_spe"]) == {str(s) for s in {4, min(100, w.steps_per_epoch)} if s > 1}
+            assert fused["median_s"] == min(v["median_s"] for v in fused["by_spe"].values())
+        else:  # never steps_per_execution > 1 where it changes nothing (that warns)
+            assert fused["status"] == "skipped" and fused["same_as"] == "d2lx_step", fused
+        assert ms["keras"]["status"] == "skipped"
 
 
-def test_targets_follow_the_ratios(doc: dict, framework_backend: str) -> None:
+def test_ratios_are_the_medians(doc: dict, fuses: bool) -> None:
+    for w, r in _results(doc):
+        ms, ra = r["methods"], r["ratios"]
+        step, loop = ms["d2lx_step"]["median_s"], ms["loop"]["median_s"]
+        fused = ms["d2lx_fused"]["median_s"] if ms["d2lx_fused"]["status"] == "ok" else step
+        assert ra["step_over_loop"] == pytest.approx(step / loop)
+        assert ra["fused_over_loop"] == pytest.approx(fused / loop)
+        assert ra["loop_over_fused"] == pytest.approx(loop / fused)
+        assert ra["keras_over_fused"] is None and ra["keras_over_loop"] is None  # keras=False
+        copy = r["numpy_copy"]
+        if w.group == "large":
+            assert copy["median_s"] > 0 and copy["bytes"] == w.num_train * (w.num_inputs + 1) * 4
+            assert copy["gbps"] == pytest.approx(copy["bytes"] / copy["median_s"] / 1e9)
+            best = min(step, fused)
+            assert ra["fused_over_copy"] == pytest.approx(best / w.epochs / copy["median_s"])
+            assert ra["bandwidth_fraction"] == pytest.approx(w.bytes_per_epoch / best / 1e9 / copy["gbps"])
+        else:  # tiny and not in the "large" group: no NumPy copy, no bandwidth ratios
+            assert copy is None and ra["fused_over_copy"] is None and ra["bandwidth_fraction"] is None
+
+
+def test_targets_follow_the_ratios(doc: dict, framework_backend: str, fuses: bool) -> None:
     rows = doc["targets"]
-    assert rows, "the seed workloads must produce target rows"
     for t in rows:
         r = next(r for r in doc["results"] if r["workload"]["name"] == t["workload"])
         assert t["value"] == r["ratios"][t["ratio"]]
@@ -103,66 +163,135 @@ def test_targets_follow_the_ratios(doc: dict, framework_backend: str) -> None:
         else:
             expected = t["value"] <= t["threshold"] if t["op"] == "<=" else t["value"] >= t["threshold"]
             assert t["met"] is expected
-    names = {t["ratio"] for t in rows}
-    assert "step_over_loop" in names
-    assert ("loop_over_fused" in names) == (framework_backend in ("jax", "tensorflow"))
-    # the tiny sweep case is not "large": no bandwidth target, no NumPy copy
-    assert doc["results"][2]["numpy_copy"] is None
-    assert doc["results"][2]["ratios"]["bandwidth_fraction"] is None
+    by_ratio: dict[str, set[str]] = {}
+    for t in rows:
+        by_ratio.setdefault(t["ratio"], set()).add(t["workload"])
+    assert by_ratio["step_over_loop"] == {"seed/concise", "seed/scratch", "large/concise", "mlp",
+                                          "loader/concise"}
+    copy_target = fuses and framework_backend in ("jax", "tensorflow", "torch")
+    assert by_ratio.get("fused_over_copy", set()) == ({"large/concise"} if copy_target else set())
+    keras_rows = by_ratio.get("keras_over_fused", set())
+    assert keras_rows == ({"seed/concise", "large/concise", "mlp"} if framework_backend in KERAS_BACKENDS
+                          else set())
+    assert "bandwidth_fraction" not in by_ratio  # the tiny sweep case is not large
 
 
-def test_bandwidth_fraction_uses_the_numpy_copy() -> None:
-    w = bench.Workload("sweep/big", "sweep", "concise", 10**6, 15, 8192, 2)
+def test_ratios_and_targets_by_hand() -> None:
+    w = Workload("sweep/big", "sweep", "concise", 10**6, 15, 8192, 2, 1000)
     assert w.large and w.bytes_per_epoch == 10**6 * 16 * 4
     methods = {"d2lx_step": {"status": "ok", "median_s": 2.0},
                "d2lx_fused": {"status": "ok", "median_s": 1.0},
-               "loop": {"status": "ok", "median_s": 4.0}, "keras": {"status": "skipped"}}
-    r = bench.ratios(methods, {"gbps": 0.256, "median_s": 0.25}, w)
-    # best d2lx mode (1 s) reads 2 x 64 MB: 0.128 GB/s, half of the copy's 0.256 GB/s
-    assert r["bandwidth_fraction"] == pytest.approx(0.5)
+               "loop": {"status": "ok", "median_s": 4.0}, "keras": {"status": "ok", "median_s": 3.0}}
+    r = targets.ratios(methods, {"gbps": 0.256, "median_s": 0.25}, w)
+    # best d2lx (1 s for 2 epochs) reads 2 x 64 MB: 0.128 GB/s, half of the copy's 0.256 GB/s
+    assert r["bandwidth_fraction"] == pytest.approx(0.5) and r["fused_over_copy"] == pytest.approx(2.0)
     assert r["step_over_loop"] == pytest.approx(0.5) and r["loop_over_fused"] == pytest.approx(4.0)
-    assert r["keras_over_fused"] is None
+    assert r["keras_over_fused"] == pytest.approx(3.0) and r["keras_over_loop"] == pytest.approx(0.75)
+    # a trainer without a fused path: the "fused" ratios are its step-by-step time
+    methods["d2lx_fused"] = {"status": "skipped", "same_as": "d2lx_step"}
+    r = targets.ratios(methods, None, w)
+    assert r["keras_over_fused"] == pytest.approx(1.5) and r["fused_over_copy"] is None
+    methods["d2lx_fused"] = {"status": "error", "reason": "boom"}  # a failure is not replaced
+    assert targets.ratios(methods, None, w)["keras_over_fused"] is None
+    large = {"workload": {**Workload("large/concise", "large", "concise", 10, 2, 5, 1, 5).as_dict()},
+             "ratios": {"step_over_loop": 1.2, "fused_over_copy": 2.5, "keras_over_fused": 0.9}}
+    rows = targets.check_targets("jax", [large], fuses=True)
+    assert {(t["ratio"], t["met"]) for t in rows} == {("step_over_loop", False), ("fused_over_copy", True),
+                                                      ("keras_over_fused", False)}
+    assert {t["ratio"] for t in targets.check_targets("torch", [large], fuses=False)} == {
+        "step_over_loop", "keras_over_fused"}
+    assert {t["ratio"] for t in targets.check_targets("mxnet", [large], fuses=True)} == {"step_over_loop"}
+
+
+def test_workload_definitions() -> None:
+    full = {w.name: w for w in workloads.select(workloads.GROUPS, quick=False)}
+    assert (full["seed/concise"].num_train, full["seed/concise"].num_inputs, full["seed/concise"].batch_size,
+            full["seed/concise"].epochs, full["seed/concise"].num_val) == (1000, 2, 32, 3, 1000)
+    big = full["large/concise"]
+    assert (big.num_train, big.num_inputs, big.batch_size, big.epochs, big.num_val) == (
+        100_000, 256, 4096, 1, 100_000)
+    mlp = full["mlp"]
+    assert (mlp.num_train, mlp.num_inputs, mlp.hidden, mlp.batch_size, mlp.num_val) == (
+        100_000, 64, 256, 1024, 10_000)
+    loader = full["loader/concise"]
+    assert (loader.num_train, loader.num_inputs, loader.batch_size, loader.num_val, loader.loader) == (
+        20_000, 64, 256, 5_000, "framework")
+    assert [w.keras for w in (full["seed/concise"], full["seed/scratch"], big, mlp, loader)] == [
+        True, False, True, True, False]
+    quick = workloads.select(["sweep"], quick=True)
+    assert any(w.large for w in quick), "the smoke sweep must exercise the NumPy-copy comparison"
+    init = workloads.initial_params(mlp)
+    assert init["W1"].shape == (64, 256) and init["W2"].shape == (256, 1) and init["W1"].dtype == np.float32
+    from d2lx.seeding import generator, initial_linear_params
+
+    w0, _ = initial_linear_params(generator("params", workloads.SEED), 2, 0.01)
+    np.testing.assert_array_equal(workloads.initial_params(full["seed/scratch"])["w"], w0)
 
 
 def test_cli_writes_json_and_combine_renders_it(framework_backend: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(bench, "seed_workloads", lambda: TINY[:1])
+    monkeypatch.setitem(workloads.WORKLOADS, "seed", lambda quick: TINY[:1])
     out = tmp_path / f"{framework_backend}.json"
-    code = cli.main(["bench", "--backend", framework_backend, "--only", "seed", "--repeats", "1",
-                     "--spe", "4", "--no-keras", "--quick", "--out", str(out)])
+    code = cli.main(["--backend", framework_backend, "--only", "seed", "--repeats", "1", "--spe", "4",
+                     "--no-keras", "--quick", "--out", str(out)])
     assert code == 0
     assert "targets (reported, not enforced)" in capsys.readouterr().out
     doc = json.loads(out.read_text())
-    assert doc["schema"] == bench.SCHEMA and doc["smoke"] is True
-    spec = importlib.util.spec_from_file_location("_combine", ROOT / "benchmarks" / "combine.py")
-    assert spec is not None and spec.loader is not None
-    combine = importlib.util.module_from_spec(spec)
-    sys.modules["_combine"] = combine
-    spec.loader.exec_module(combine)
+    assert doc["schema"] == runner.SCHEMA and doc["smoke"] is True and doc["settings"]["repeats"] == 1
+    assert [r["workload"]["name"] for r in doc["results"]] == ["seed/concise"]
     assert combine.main([str(tmp_path)]) == 0
     table = (tmp_path / "results.md").read_text()
     assert "SMOKE RUN" in table
-    assert f"| {framework_backend} | concise |" in table
+    assert f"| {framework_backend} | seed/concise |" in table
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_unknown_loops_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["bench", "--loops", str(tmp_path), "--only", "seed", "--out", str(tmp_path / "x.json")])
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--repeats", "two"], ["--only", "seed,nope"],
+                                  ["--spe", "8,0"], ["--backend", "nonesuch"]])
+def test_bad_options_are_one_line_errors(argv: list[str], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main([*argv, "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
     assert code == 2
-    assert "no hand-written loop" in capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_missing_framework_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = [b for b in ("mxnet", "torch", "jax", "tensorflow") if not registry.is_installed(b)]
+    if not missing:
+        pytest.skip("every framework is installed here")
+    code = cli.main(["--backend", missing[0], "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: the {missing[0]} loops need their framework"), err
+
+
+def test_d2lx_never_imports_benchmarks() -> None:
+    """The benchmark application sits outside the package: no import cycle, nothing in the wheel."""
+    offenders = []
+    for path in (ROOT / "d2lx").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
+    assert offenders == []
+    assert not (ROOT / "d2lx" / "bench.py").exists()
 
 
 @pytest.mark.slow
 def test_keras_fit_is_timed_in_a_child(framework_backend: str) -> None:
-    if framework_backend not in bench.KERAS_BACKENDS:
+    if framework_backend not in KERAS_BACKENDS:
         pytest.skip(f"Keras 3 has no {framework_backend} backend")
     if importlib.util.find_spec("keras") is None:
         pytest.skip("keras is not installed")
-    w = TINY[0]
-    info = bench.run_keras(framework_backend, [w], repeats=1, spe_values=(4,))
+    chosen = [BY_NAME["seed/concise"], BY_NAME["mlp"]]
+    info = run_keras(framework_backend, chosen, repeats={"seed": 1, "mlp": 1}, spe_values=(4,))
     assert info["status"] == "ok", info
     assert info["keras_backend"] == framework_backend
-    m = info["workloads"][w.name]
-    _check_stats(m, w)
-    assert set(m["by_spe"]) == {"1", "4"}
+    for w in chosen:
+        m = info["workloads"][w.name]
+        assert m["status"] == "ok", m
+        assert m["median_s"] > 0 and m["us_per_step"] == pytest.approx(m["median_s"] / w.steps * 1e6)
+        assert set(m["by_spe"]) == {"1", "4"}
+        assert math.isfinite(m["final_val_loss"])

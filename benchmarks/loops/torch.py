@@ -1,94 +1,200 @@
-"""The hand-written PyTorch loop (d2l 3.4/3.5 without d2lx), for ``d2lx bench``.
+"""PyTorch: the hand-written loops (d2l 3.4/3.5 and an MLP without d2lx) and the reader's d2lx code.
 
 PyTorch runs eagerly; the step is the textbook one: forward, loss,
-``zero_grad``/``backward``/``step`` (``torch.optim.SGD`` for the concise
-model, ``p -= lr * p.grad`` for the scratch one). Losses stay on the device
-and are read once per epoch.
+``zero_grad``/``backward``/``step`` (``torch.optim.SGD``; ``p -= lr * p.grad``
+for the scratch model). Losses stay tensors and are read once per epoch;
+validation runs under ``torch.no_grad``.
 
-Variant ``compiled`` wraps the model's forward+loss in ``torch.compile``; it
-is only timed when asked for (``D2LX_BENCH_TORCH_COMPILE=1``): on a CPU a
-two-weight linear layer gains nothing from Inductor, and compiling for every
-sweep shape costs minutes.
+Variant ``compiled`` wraps forward+loss in ``torch.compile``; it is only
+timed when asked for (``D2LX_BENCH_TORCH_COMPILE=1``): on a CPU Inductor
+gains nothing for these small layers and compiling every shape costs minutes.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from benchmarks.loops import result
 
 FRAMEWORK = "torch"
-VARIANTS: tuple[str, ...] = ("eager", "compiled") if os.environ.get("D2LX_BENCH_TORCH_COMPILE") else (
-    "eager",)
 
 
 def framework_version() -> str:
     return str(torch.__version__)
 
 
-class Loop:
-    def __init__(self, X: np.ndarray, y: np.ndarray, model: str, lr: float, batch_size: int,
-                 variant: str = "eager") -> None:
-        if model not in ("concise", "scratch"):
-            raise ValueError(model)
-        if variant not in ("eager", "compiled"):
-            raise ValueError(variant)
-        self.device = torch.device("cpu")
-        self.X = torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(self.device)
-        self.y = torch.from_numpy(np.ascontiguousarray(y, np.float32)).to(self.device)
-        self.n, self.d = X.shape
-        self.model, self.lr, self.bs, self.variant = model, lr, batch_size, variant
+def variants(kind: str) -> tuple[str, ...]:
+    if os.environ.get("D2LX_BENCH_TORCH_COMPILE") and kind in ("concise", "mlp"):
+        return ("eager", "compiled")
+    return ("eager",)
 
-    def _concise_loss(self, net: nn.Module) -> Any:
-        mse = nn.MSELoss()
 
-        def loss(Xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            return mse(net(Xb), yb)
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, np.float32))
 
-        return torch.compile(loss, dynamic=False) if self.variant == "compiled" else loss
 
-    def run(self, epochs: int, w0: np.ndarray, b0: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
-        X, y, n, bs, lr = self.X, self.y, self.n, self.bs, self.lr
-        losses: list[float] = []
-        if self.model == "concise":
-            net = nn.Linear(self.d, 1).to(self.device)
-            with torch.no_grad():
-                net.weight.copy_(torch.from_numpy(w0.reshape(1, -1)))
-                net.bias.copy_(torch.from_numpy(b0.reshape(1)))
-            opt = torch.optim.SGD(net.parameters(), lr=lr)
-            loss_fn = self._concise_loss(net)
-            for _ in range(epochs):
-                idx = torch.from_numpy(rng.permutation(n)).to(self.device)
-                Xe, ye = X.index_select(0, idx), y.index_select(0, idx)
-                step_losses = []
-                for s in range(0, n, bs):
-                    loss = loss_fn(Xe[s:s + bs], ye[s:s + bs])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    step_losses.append(loss.detach())
-                losses.append(float(torch.stack(step_losses).mean()))
-            w = net.weight.detach().cpu().numpy().reshape(-1, 1)
-            b = net.bias.detach().cpu().numpy().reshape(1)
+def _linear(layer: nn.Linear, w: np.ndarray, b: np.ndarray) -> nn.Linear:
+    """Set a ``nn.Linear`` from d2lx's layout (``w`` inputs x outputs; torch keeps it transposed)."""
+    with torch.no_grad():
+        layer.weight.copy_(_tensor(w.T))
+        layer.bias.copy_(_tensor(b.reshape(-1)))
+    return layer
+
+
+def build_net(kind: str, init: Any) -> nn.Module:
+    """The concise model's ``nn.Linear`` or the MLP's ``nn.Sequential``, from ``init``."""
+    if kind == "mlp":
+        d, h = init["W1"].shape
+        return nn.Sequential(_linear(nn.Linear(d, h), init["W1"], init["b1"]), nn.ReLU(),
+                             _linear(nn.Linear(h, 1), init["W2"], init["b2"]))
+    return _linear(nn.Linear(init["w"].shape[0], 1), init["w"], init["b"])
+
+
+def _params_of(kind: str, net: nn.Module | None, scratch: list[torch.Tensor]) -> dict[str, Any]:
+    if kind == "scratch":
+        return {"w": scratch[0].detach().numpy(), "b": scratch[1].detach().numpy()}
+    if kind == "mlp":
+        assert isinstance(net, nn.Sequential)
+        return {"W1": net[0].weight.detach().numpy().T, "b1": net[0].bias.detach().numpy(),
+                "W2": net[2].weight.detach().numpy().T, "b2": net[2].bias.detach().numpy()}
+    assert isinstance(net, nn.Linear)
+    return {"w": net.weight.detach().numpy().T, "b": net.bias.detach().numpy()}
+
+
+class _Model:
+    """A fresh model of ``kind`` from ``init``: its training step and its validation loss."""
+
+    def __init__(self, kind: str, init: Any, lr: float, variant: str) -> None:
+        self.kind, self.lr = kind, lr
+        self.scratch: list[torch.Tensor] = []
+        self.net: nn.Module | None = None
+        if kind == "scratch":
+            self.scratch = [_tensor(init["w"]).clone().requires_grad_(True),
+                            _tensor(init["b"]).clone().requires_grad_(True)]
+            w, b = self.scratch
+            self.loss: Callable[..., torch.Tensor] = lambda X, y: ((X @ w + b - y) ** 2 / 2).mean()
         else:
-            w = torch.from_numpy(w0.astype(np.float32).copy()).to(self.device).requires_grad_(True)
-            b = torch.from_numpy(b0.astype(np.float32).copy()).to(self.device).requires_grad_(True)
-            for _ in range(epochs):
-                idx = torch.from_numpy(rng.permutation(n)).to(self.device)
-                Xe, ye = X.index_select(0, idx), y.index_select(0, idx)
-                step_losses = []
-                for s in range(0, n, bs):
-                    loss = ((torch.matmul(Xe[s:s + bs], w) + b - ye[s:s + bs]) ** 2 / 2).mean()
-                    loss.backward()
-                    with torch.no_grad():
-                        w -= lr * w.grad
-                        b -= lr * b.grad
-                    w.grad = None
-                    b.grad = None
-                    step_losses.append(loss.detach())
-                losses.append(float(torch.stack(step_losses).mean()))
-            w, b = w.detach().cpu().numpy(), b.detach().cpu().numpy()
-        return {"w": np.asarray(w, np.float32), "b": np.asarray(b, np.float32), "losses": losses}
+            net = self.net = build_net(kind, init)
+            self.opt = torch.optim.SGD(net.parameters(), lr=lr)
+            mse = nn.MSELoss()
+
+            def loss(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return mse(net(X), y)
+
+            self.loss = torch.compile(loss, dynamic=False) if variant == "compiled" else loss
+
+    def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.loss(X, y)
+        if self.kind == "scratch":
+            loss.backward()
+            with torch.no_grad():
+                for p in self.scratch:
+                    p -= self.lr * p.grad
+                    p.grad = None
+        else:
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        return loss.detach()
+
+    def validate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        total, count = torch.zeros(()), 0
+        with torch.no_grad():
+            for X, y in batches:
+                total += self.loss(X, y) * len(y)
+                count += len(y)
+        return float(total) / count
+
+    def params(self) -> dict[str, Any]:
+        return _params_of(self.kind, self.net, self.scratch)
+
+
+class ArrayLoop:
+    """Arrays on the device once; per epoch one gather, slices as batches (see ``loops/__init__``)."""
+
+    def __init__(self, kind: str, arrays: tuple[np.ndarray, ...], lr: float, batch_size: int, init: Any,
+                 variant: str = "eager") -> None:
+        self.X, self.y, self.X_val, self.y_val = (_tensor(a) for a in arrays)
+        self.kind, self.lr, self.bs, self.init, self.variant = kind, lr, batch_size, init, variant
+
+    def _val_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        for s in range(0, len(self.X_val), self.bs):
+            yield self.X_val[s:s + self.bs], self.y_val[s:s + self.bs]
+
+    def run(self, epochs: int, rng: np.random.Generator) -> dict[str, Any]:
+        model = _Model(self.kind, self.init, self.lr, self.variant)
+        n, bs = len(self.X), self.bs
+        losses, val_losses = [], []
+        for _ in range(epochs):
+            idx = torch.from_numpy(rng.permutation(n))
+            Xe, ye = self.X.index_select(0, idx), self.y.index_select(0, idx)
+            step_losses = [model.step(Xe[s:s + bs], ye[s:s + bs]) for s in range(0, n, bs)]
+            losses.append(float(torch.stack(step_losses).mean()))
+            val_losses.append(model.validate(self._val_batches()))
+        return result(model.params(), losses, val_losses)
+
+
+def make_loader(X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """``DataLoader(TensorDataset(X, y))``, shuffled from its own seeded generator."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(TensorDataset(_tensor(X), _tensor(y)), batch_size, shuffle=shuffle, generator=generator)
+
+
+class LoaderLoop:
+    """The concise model over the framework's own loaders (the user-loader path)."""
+
+    def __init__(self, train: DataLoader, val: DataLoader, lr: float, init: Any,
+                 variant: str = "eager") -> None:
+        self.train, self.val, self.lr, self.init, self.variant = train, val, lr, init, variant
+
+    def run(self, epochs: int) -> dict[str, Any]:
+        model = _Model("concise", self.init, self.lr, self.variant)
+        losses, val_losses = [], []
+        for _ in range(epochs):
+            step_losses = [model.step(X, y) for X, y in self.train]
+            losses.append(float(torch.stack(step_losses).mean()))
+            val_losses.append(model.validate(self.val))
+        return result(model.params(), losses, val_losses)
+
+
+# -- the d2lx side: what a reader writes --------------------------------------------------------
+def d2lx_mlp(d2l: Any, init: Any, lr: float) -> Any:
+    """A reader's MLP on ``d2lx.torch``: ``nn.Sequential`` of the framework's layers, MSE, SGD."""
+
+    class MLP(d2l.Module):
+        def __init__(self, lr: float) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = build_net("mlp", init)
+
+        def loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return nn.functional.mse_loss(y_hat, y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    return MLP(lr)
+
+
+def d2lx_loader_data(d2l: Any, arrays: tuple[np.ndarray, ...], batch_size: int, seed: int) -> Any:
+    """A ``d2l.DataModule`` whose loaders are torch ``DataLoader`` s (made once, re-iterated per epoch)."""
+    X, y, X_val, y_val = arrays
+
+    class LoaderData(d2l.DataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batch_size = batch_size
+            self.loaders = (make_loader(X, y, batch_size, True, seed),
+                            make_loader(X_val, y_val, batch_size, False, seed))
+
+        def get_dataloader(self, train: bool) -> DataLoader:
+            return self.loaders[0 if train else 1]
+
+    return LoaderData()

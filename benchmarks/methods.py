@@ -1,0 +1,153 @@
+"""The timed methods run in the benchmark's own process: d2lx step by step, d2lx fused, the hand loop.
+
+Every method trains a fresh model per run from the same initial parameters
+(:func:`benchmarks.workloads.initial_params`) on the same data object, and
+ends with host values that wait for the device (d2lx's history of training
+and validation losses and ``get_w_b()``; the loop's losses and parameters).
+A method that fails is reported as an error, never fatal to the run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from benchmarks.loops import Frozen
+from benchmarks.timing import best_of, error, skipped, summarize, time_repeats
+from benchmarks.workloads import SEED, Workload, lr_of, splits, w_error
+
+
+def effective_spe(spe_values: Sequence[int], w: Workload) -> list[int]:
+    """Values above 1, capped at one epoch's steps (a larger value runs the same program)."""
+    return sorted({min(s, w.steps_per_epoch) for s in spe_values if s > 1})
+
+
+def quality(params: dict[str, Any] | None, losses: Sequence[float], val_losses: Sequence[float],
+             data: Any) -> dict[str, Any]:
+    """What shows a run trained: final training and validation losses, and ``w``'s error (linear)."""
+    out: dict[str, Any] = {"final_loss": float(losses[-1]) if len(losses) else math.nan,
+                           "final_val_loss": float(val_losses[-1]) if len(val_losses) else math.nan}
+    err = None if params is None else w_error(params, data)
+    if err is not None:
+        out["w_max_error"] = err
+    return out
+
+
+# -- d2lx ----------------------------------------------------------------------------------------
+def d2lx_model(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen) -> Any:
+    """A fresh d2lx model: d2lx's own linear models, or the reader's MLP of ``loops/<backend>.py``."""
+    from d2lx.experiment import build_model
+
+    if w.model == "mlp":
+        return loop_mod.d2lx_mlp(ns, init, lr_of(w))
+    return build_model(ns, w.model, w.num_inputs, lr_of(w), SEED)
+
+
+def d2lx_data(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any) -> Any:
+    """The data module d2lx fits on: the workload's own, or the reader's framework-loader module."""
+    if w.loader == "framework":
+        return loop_mod.d2lx_loader_data(ns, splits(data, w), w.batch_size, SEED)
+    return data
+
+
+def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx_data_module: Any,
+              init: Frozen, repeats: int, spe: int) -> dict[str, Any]:
+    """``Trainer(steps_per_execution=spe).fit`` on a fresh model per run (the data module is reused)."""
+
+    def run() -> tuple[Any, dict[str, Any] | None]:
+        model = d2lx_model(ns, loop_mod, w, init)
+        trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False)
+        trainer.fit(model, d2lx_data_module)
+        params = None
+        if w.model != "mlp":
+            w_hat, b_hat = model.get_w_b()
+            params = {"w": w_hat, "b": b_hat}
+        return trainer, params
+
+    samples, (trainer, params), warm = time_repeats(run, repeats)
+    out = {"status": "ok", **summarize(samples, w, warm),
+           **quality(params, trainer.history.train_loss, trainer.history.val_loss, data)}
+    seconds = list(trainer.history.seconds)
+    if len(seconds) > 1:  # epochs after the first: no tracing/compiling inside
+        out["later_epoch_us_per_step"] = float(np.median(seconds[1:])) / w.steps_per_epoch * 1e6
+    return out
+
+
+def time_d2lx_methods(ns: ModuleType | None, problem: str | None, loop_mod: ModuleType, w: Workload,
+                      data: Any, init: Frozen, repeats: int, spe_values: Sequence[int]) -> dict[str, Any]:
+    """``d2lx_step`` and ``d2lx_fused`` of one workload.
+
+    ``d2lx_fused`` runs only where it can differ from step by step: a trainer
+    whose class fuses steps (``fuses_steps``; others warn that the option
+    changes nothing), on d2lx's own loader (a framework's loader is iterated
+    step by step whatever the option). Where it cannot, it is marked
+    ``same_as: d2lx_step`` and the "fused" ratios use the step-by-step time,
+    which is what such a trainer runs.
+    """
+    if ns is None:
+        return {"d2lx_step": skipped(problem or "no d2lx adapter"),
+                "d2lx_fused": skipped(problem or "no d2lx adapter")}
+    out: dict[str, Any] = {}
+    try:
+        module = d2lx_data(ns, loop_mod, w, data)
+        out["d2lx_step"] = time_d2lx(ns, loop_mod, w, data, module, init, repeats, 1)
+    except Exception as exc:  # reported, not fatal
+        return {"d2lx_step": error(exc), "d2lx_fused": skipped("d2lx_step failed")}
+    if not getattr(ns.Trainer, "fuses_steps", True):
+        out["d2lx_fused"] = skipped(f"the {ns.BACKEND} trainer has no fused path (fuses_steps = False)",
+                                    same_as="d2lx_step")
+    elif w.loader != "d2lx":
+        out["d2lx_fused"] = skipped("steps_per_execution applies to d2lx's own loader; a framework's "
+                                    "loader runs step by step", same_as="d2lx_step")
+    else:
+        by_spe: dict[str, Any] = {}
+        for spe in effective_spe(spe_values, w):
+            try:
+                by_spe[str(spe)] = time_d2lx(ns, loop_mod, w, data, module, init, repeats, spe)
+            except Exception as exc:
+                by_spe[str(spe)] = error(exc)
+        out["d2lx_fused"] = best_of(by_spe, "spe") if by_spe else skipped(
+            f"no --spe value above 1 (one epoch has {w.steps_per_epoch} steps)", same_as="d2lx_step")
+    return out
+
+
+# -- the hand-written loop ---------------------------------------------------------------------------
+def time_loop(loop_mod: ModuleType, w: Workload, data: Any, init: Frozen, repeats: int) -> dict[str, Any]:
+    """Every variant of the framework's hand-written loop; the fastest is "the loop".
+
+    The loop draws its epochs' orders from d2lx's seeded shuffle stream and
+    runs as many times as ``d2lx_step`` fits, so its last run trains on the
+    same orders as ``d2lx_step``'s last run: their final losses agree.
+    """
+    from d2lx.seeding import generator
+
+    arrays = splits(data, w)
+    by_variant: dict[str, Any] = {}
+    for variant in loop_mod.variants("loader" if w.loader == "framework" else w.model):
+        try:
+            if w.loader == "framework":
+                X, y, X_val, y_val = arrays
+                train = loop_mod.make_loader(X, y, w.batch_size, True, SEED)
+                val = loop_mod.make_loader(X_val, y_val, w.batch_size, False, SEED)
+                loader_loop = loop_mod.LoaderLoop(train, val, lr_of(w), init, variant)
+
+                def run(loop: Any = loader_loop) -> dict[str, Any]:
+                    return loop.run(w.epochs)  # type: ignore[no-any-return]
+            else:
+                array_loop = loop_mod.ArrayLoop(w.model, arrays, lr_of(w), w.batch_size, init, variant)
+                rng = generator("shuffle", SEED)  # d2lx's shuffle stream: the same orders as d2lx_step
+
+                def run(loop: Any = array_loop, rng: np.random.Generator = rng) -> dict[str, Any]:
+                    return loop.run(w.epochs, rng)  # type: ignore[no-any-return]
+
+            samples, res, warm = time_repeats(run, repeats)
+        except Exception as exc:  # a variant that fails is reported, not fatal
+            by_variant[variant] = error(exc)
+            continue
+        by_variant[variant] = {"status": "ok", **summarize(samples, w, warm),
+                               **quality(res["params"], res["losses"], res["val_losses"], data)}
+    return best_of(by_variant, "variant")

@@ -1,0 +1,123 @@
+"""One backend's run: every workload, every method, in one process; the JSON document.
+
+One process times ONE backend (each framework has its own environment;
+MXNet needs an old NumPy). Per workload the data is built once, then
+``d2lx_step``, ``d2lx_fused``, the hand-written ``loop`` and (for large
+workloads) the NumPy copy are timed back to back; Keras runs afterwards in a
+child process for the workloads it has. Ratios and targets come last, from
+the medians (:mod:`benchmarks.targets`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+from benchmarks import loops
+from benchmarks.keras_worker import KERAS_BACKENDS, run_keras
+from benchmarks.loops import Frozen
+from benchmarks.methods import time_d2lx_methods, time_loop
+from benchmarks.report import machine_info
+from benchmarks.targets import check_targets, ratios
+from benchmarks.timing import numpy_copy, skipped
+from benchmarks.workloads import LR, MLP_LR, SEED, Workload, initial_params, make_data, numpy_loss, splits
+
+SCHEMA = "d2lx-bench/2"
+
+
+class FrameworkMissing(RuntimeError):
+    """The backend's framework cannot be imported: nothing of this backend can be timed."""
+
+
+def load_loop(backend: str) -> ModuleType:
+    try:
+        return loops.load(backend)
+    except ImportError as exc:
+        raise FrameworkMissing(
+            f"the {backend} loops need their framework, which could not be imported ({exc}); "
+            f"install it with: pip install -r backends/{backend}.txt") from exc
+
+
+def _d2lx_namespace(backend: str, say: Callable[[str], None]) -> tuple[ModuleType | None, str | None]:
+    from d2lx import registry
+
+    try:
+        return registry.load(backend), None
+    except Exception as exc:  # an adapter being rewritten must not stop the loops and Keras
+        problem = f"d2lx {backend} adapter unavailable: {type(exc).__name__}: {exc}"
+        say(problem)
+        return None, problem
+
+
+def repeats_for(repeats: int | dict[str, int], w: Workload) -> int:
+    return repeats if isinstance(repeats, int) else repeats[w.group]
+
+
+def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | dict[str, int] = 5,
+                spe_values: Sequence[int] = (8, 32, 128, 1024), keras: bool = True, smoke: bool = False,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time d2lx (step, fused), the hand-written loop and Keras on one backend; return the JSON document."""
+    from d2lx import __version__, registry
+
+    say = log or (lambda _msg: None)
+    backend = registry.canonical_name(backend)
+    loop_mod = load_loop(backend)  # fails early if the framework is missing
+    ns, problem = _d2lx_namespace(backend, say)
+    fuses = bool(ns is not None and getattr(ns.Trainer, "fuses_steps", True))
+    started = _dt.datetime.now(_dt.timezone.utc)
+    results: list[dict[str, Any]] = []
+    for w in workloads:
+        reps = repeats_for(repeats, w)
+        say(f"{backend} {w.name}: {w.num_train} x {w.num_inputs}, batch {w.batch_size}, {w.steps} steps, "
+            f"{reps} repeats")
+        workload_start = time.perf_counter()
+        data = make_data(w)
+        init = initial_params(w)
+        frozen = Frozen(init)
+        X, y, X_val, y_val = splits(data, w)
+        methods = time_d2lx_methods(ns, problem, loop_mod, w, data, frozen, reps, spe_values)
+        methods["loop"] = time_loop(loop_mod, w, data, frozen, reps)
+        copy = numpy_copy(X, y, reps) if w.large else None
+        results.append({"workload": w.as_dict(), "methods": methods, "numpy_copy": copy,
+                        "initial_loss": numpy_loss(w, init, X, y),
+                        "initial_val_loss": numpy_loss(w, init, X_val, y_val),
+                        "seconds": round(time.perf_counter() - workload_start, 1)})  # Keras aside
+        del data, X, y, X_val, y_val
+        say(f"{backend} {w.name}: done in {results[-1]['seconds']} s")
+    keras_info: dict[str, Any] = skipped("--no-keras")
+    keras_workloads = [w for w in workloads if w.keras]
+    if keras and keras_workloads:
+        if backend in KERAS_BACKENDS:
+            say(f"{backend}: Keras 3 fit in a child process (KERAS_BACKEND={backend})")
+        reps_by_group = {w.group: repeats_for(repeats, w) for w in keras_workloads}
+        keras_info = run_keras(backend, keras_workloads, reps_by_group, spe_values)
+    for w, r in zip(workloads, results):
+        if not w.keras:
+            reason = ("Keras has no scratch model" if w.model == "scratch"
+                      else "Keras is timed on arrays, not on the framework-loader path")
+            r["methods"]["keras"] = skipped(reason)
+        elif keras_info.get("status") == "ok":
+            missing = {"status": "error", "reason": "missing from the Keras worker's output"}
+            r["methods"]["keras"] = keras_info["workloads"].get(w.name, missing)
+        else:
+            r["methods"]["keras"] = {"status": keras_info["status"], "reason": keras_info.get("reason")}
+        r["ratios"] = ratios(r["methods"], r["numpy_copy"], w)
+    doc = {
+        "schema": SCHEMA,
+        "smoke": smoke,
+        "backend": backend,
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), 1),
+        "machine": machine_info(),
+        "versions": {"d2lx": __version__, backend: loop_mod.framework_version(),
+                     "keras": keras_info.get("keras_version")},
+        "settings": {"repeats": repeats, "warmup": 1, "spe_values": list(spe_values), "lr": LR,
+                     "mlp_lr": MLP_LR, "seed": SEED, "fuses_steps": fuses, "d2lx": problem or "ok",
+                     "keras": keras_info.get("status"), "keras_reason": keras_info.get("reason")},
+        "results": results,
+    }
+    doc["targets"] = check_targets(backend, results, fuses)
+    return doc

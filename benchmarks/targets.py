@@ -1,0 +1,108 @@
+"""Ratios of medians, and the targets they are stated in (reported, never asserted).
+
+Why ratios of the same run: every number here is wall-clock time on a
+shared machine, so d2lx is only ever compared with a baseline timed minutes
+apart in the same process (the hand-written loop, the NumPy copy) or in its
+child (Keras). The targets are the project's performance goals; a benchmark
+run reports whether they are met, a test never fails on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.workloads import Workload
+
+BACKENDS = ("jax", "mxnet", "tensorflow", "torch")
+KERAS_BACKENDS = ("jax", "tensorflow", "torch")
+#: Groups whose per-step overhead is a target (the sweep is reported, not targeted).
+STEP_GROUPS = ("seed", "large", "mlp", "loader")
+
+#: ``value`` names a ratio of :func:`ratios`; ``op`` is how it must compare with ``threshold``.
+#: ``needs_fusion``: only on backends whose trainer fuses steps; ``keras``: only where Keras runs
+#: the workload; ``large_only``: only workloads whose NumPy copy is timed.
+TARGETS: tuple[dict[str, Any], ...] = (
+    {"name": "d2lx step-by-step / hand-written loop", "value": "step_over_loop", "op": "<=",
+     "threshold": 1.15, "groups": STEP_GROUPS, "backends": BACKENDS},
+    {"name": "best d2lx epoch / NumPy copy of the training data", "value": "fused_over_copy", "op": "<=",
+     "threshold": 3.0, "groups": ("large",), "backends": ("jax", "tensorflow", "torch"),
+     "needs_fusion": True},
+    {"name": "Keras 3 fit (best spe) / d2lx fused", "value": "keras_over_fused", "op": ">=",
+     "threshold": 1.0, "groups": ("seed", "large", "mlp"), "backends": KERAS_BACKENDS, "keras": True},
+    {"name": "d2lx bandwidth / NumPy copy bandwidth", "value": "bandwidth_fraction", "op": ">=",
+     "threshold": 0.5, "groups": ("sweep",), "backends": BACKENDS, "large_only": True},
+)
+
+RATIO_KEYS = ("step_over_loop", "fused_over_loop", "loop_over_fused", "keras_over_fused", "keras_over_loop",
+              "fused_over_copy", "bandwidth_fraction")
+
+
+def _median(methods: dict[str, Any], key: str) -> float | None:
+    m = methods.get(key, {})
+    return float(m["median_s"]) if m.get("status") == "ok" else None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def fused_median(methods: dict[str, Any]) -> float | None:
+    """``d2lx_fused``'s median, or ``d2lx_step``'s where fusing cannot differ (``same_as``)."""
+    fused = methods.get("d2lx_fused", {})
+    if fused.get("status") == "ok":
+        return float(fused["median_s"])
+    if fused.get("same_as") == "d2lx_step":
+        return _median(methods, "d2lx_step")
+    return None
+
+
+def ratios(methods: dict[str, Any], copy: dict[str, Any] | None, w: Workload) -> dict[str, float | None]:
+    """The ratios of medians the targets are stated in (``None`` where a side is missing).
+
+    ``fused_over_copy``: the best d2lx epoch (validation included) over the
+    NumPy copy of the training X and y; ``bandwidth_fraction`` its inverse
+    as a fraction of the copy's bandwidth (training bytes only).
+    """
+    step, loop, keras = (_median(methods, k) for k in ("d2lx_step", "loop", "keras"))
+    fused = fused_median(methods)
+    best = min((t for t in (step, fused) if t is not None), default=None)
+    out: dict[str, float | None] = {
+        "step_over_loop": _div(step, loop),
+        "fused_over_loop": _div(fused, loop),
+        "loop_over_fused": _div(loop, fused),
+        "keras_over_fused": _div(keras, fused),
+        "keras_over_loop": _div(keras, loop),
+        "fused_over_copy": None,
+        "bandwidth_fraction": None,
+    }
+    if copy is not None and best is not None:
+        out["fused_over_copy"] = _div(best / w.epochs, copy["median_s"])
+        out["bandwidth_fraction"] = w.epochs * w.bytes_per_epoch / best / 1e9 / copy["gbps"]
+    return out
+
+
+def _applies(t: dict[str, Any], backend: str, fuses: bool, wl: dict[str, Any]) -> bool:
+    if backend not in t["backends"] or wl["group"] not in t["groups"]:
+        return False
+    if t.get("needs_fusion") and not fuses:
+        return False
+    if t.get("keras") and (wl["model"] not in ("concise", "mlp") or wl.get("loader", "d2lx") != "d2lx"):
+        return False
+    return not (t.get("large_only") and not wl["large"])
+
+
+def check_targets(backend: str, results: Sequence[dict[str, Any]], fuses: bool) -> list[dict[str, Any]]:
+    """One row per (target, workload): value, threshold and whether it is met (``None``: not measured)."""
+    rows = []
+    for t in TARGETS:
+        for r in results:
+            wl = r["workload"]
+            if not _applies(t, backend, fuses, wl):
+                continue
+            value = r["ratios"].get(t["value"])
+            met = None if value is None else (value <= t["threshold"] if t["op"] == "<="
+                                              else value >= t["threshold"])
+            rows.append({"target": t["name"], "ratio": t["value"], "workload": wl["name"],
+                         "value": value, "op": t["op"], "threshold": t["threshold"], "met": met})
+    return rows

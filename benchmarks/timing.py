@@ -1,0 +1,99 @@
+"""Timing: a warm-up run, then timed repeats with the garbage collector paused; medians and IQR.
+
+Why this shape: the first run of any method pays imports, tracing and
+compilation, which a training job pays once and a benchmark must not count
+per step; the garbage collector would otherwise fire at random inside a
+timed run (most of all on the Python-heavy per-step paths). Medians and the
+interquartile range are robust to the odd slow repeat of a busy machine.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks.workloads import Workload
+
+
+def time_repeats(run: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[list[float], Any, float]:
+    """Call ``run`` ``warmup`` times, then ``repeats`` times timed with the GC paused.
+
+    Returns the timed samples, the last output, and the seconds the warm-up
+    took (where tracing and compiling show).
+    """
+    out = None
+    start = time.perf_counter()
+    for _ in range(warmup):
+        out = run()
+    warmup_s = time.perf_counter() - start
+    samples = []
+    for _ in range(repeats):
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            out = run()
+            samples.append(time.perf_counter() - start)
+        finally:
+            gc.enable()
+    return samples, out, warmup_s
+
+
+def summarize(samples: Sequence[float], w: Workload, warmup_s: float) -> dict[str, Any]:
+    """Median, quartiles, min/max of ``samples`` (seconds) and the rates derived from the median."""
+    s = np.asarray(samples, dtype=np.float64)
+    med = float(np.median(s))
+    q1, q3 = (float(v) for v in np.percentile(s, [25, 75]))
+    return {
+        "median_s": med, "q1_s": q1, "q3_s": q3, "min_s": float(s.min()), "max_s": float(s.max()),
+        "samples_s": [float(v) for v in s],
+        "epoch_s": med / w.epochs,
+        "us_per_step": med / w.steps * 1e6,
+        "examples_per_s": w.epochs * w.num_train / med,
+        "gbps": w.epochs * w.bytes_per_epoch / med / 1e9,
+        "warmup_s": warmup_s,
+    }
+
+
+def numpy_copy(X: np.ndarray, y: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Time ``np.copyto`` of the training X and y: the CPU's practical memory-bandwidth limit.
+
+    The destination is allocated (and touched) once, outside the timing, so
+    the copy measures bandwidth and not page faults.
+    """
+    dX, dy = np.empty_like(X), np.empty_like(y)
+    np.copyto(dX, X)
+
+    def run() -> None:
+        np.copyto(dX, X)
+        np.copyto(dy, y)
+
+    samples, _, _ = time_repeats(run, max(repeats, 5))
+    med = float(np.median(samples))
+    return {"median_s": med, "gbps": (X.nbytes + y.nbytes) / med / 1e9,
+            "bytes": int(X.nbytes + y.nbytes)}
+
+
+def error(exc: BaseException) -> dict[str, Any]:
+    """A method that failed: reported in the JSON, never fatal to the run."""
+    return {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def skipped(reason: str, **extra: Any) -> dict[str, Any]:
+    return {"status": "skipped", "reason": reason, **extra}
+
+
+def best_of(by_key: dict[str, Any], key_name: str) -> dict[str, Any]:
+    """The fastest ``ok`` entry of ``by_key`` (by median), with every entry kept under ``by_<key_name>``."""
+    ok = {k: v for k, v in by_key.items() if v.get("status") == "ok"}
+    if not ok:
+        reasons = "; ".join(f"{k}: {v.get('reason')}" for k, v in by_key.items())
+        return {"status": "error", "reason": reasons or "nothing to time", f"by_{key_name}": by_key}
+    best = min(ok, key=lambda k: ok[k]["median_s"])
+    out = dict(ok[best])
+    out.update({"status": "ok", f"best_{key_name}": best, f"by_{key_name}": by_key})
+    return out
