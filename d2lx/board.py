@@ -25,6 +25,7 @@ import sys
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,25 @@ class ProgressBoard(HyperParameters):
         xs = [float(p[0]) for p in pending]
         self._lines[label].append((sum(xs) / len(xs), [p[1] for p in pending]))
         pending.clear()
+        self._dirty = True
+        if self.display and in_notebook():
+            self._watch()
+            if time.perf_counter() - self._last_draw >= self.min_interval:
+                self.show()
+
+    def draw_many(self, xs: Sequence[float], ys: Sequence[Any], label: str, every_n: int = 1) -> None:
+        """:meth:`draw` for each point of ``xs``/``ys`` in turn, grouped in one pass (an epoch's losses)."""
+        pending = self._pending.setdefault(label, [])
+        line = self._lines.setdefault(label, [])
+        pending.extend(zip(xs, ys))
+        n = max(1, int(every_n))
+        full = len(pending) - len(pending) % n
+        if not full:
+            return
+        for start in range(0, full, n):
+            group = pending[start:start + n]
+            line.append((sum(float(p[0]) for p in group) / n, [p[1] for p in group]))
+        del pending[:full]
         self._dirty = True
         if self.display and in_notebook():
             self._watch()

@@ -93,7 +93,8 @@ class DataModule(HyperParameters):
             rng = self.__dict__["_shuffle_rng"] = generator("shuffle", self.seed)
         return rng
 
-    def _cache(self) -> dict[Any, tuple[Any, Any]]:
+    def _cache(self) -> dict[Any, tuple[Any, Any, Any]]:
+        """Device copies by source: ``(source kept alive, device array, its first row)``."""
         return self.__dict__.setdefault("_device_cache", {})
 
     # -- binding to a backend and device (Trainer.prepare_data does it) -----------------
@@ -110,8 +111,12 @@ class DataModule(HyperParameters):
             self.bind(ops)
         return ops
 
-    def _on_device(self, source: Any, indices: Any, split: str, position: int) -> tuple[Any, int]:
-        """``source[indices]`` on the bound device, checked and copied there only the first time.
+    def _on_device(self, source: Any, indices: Any, split: str, position: int) -> tuple[Any, Any]:
+        """``source[indices]`` on the bound device and its first row, checked and copied only the first time.
+
+        The first row (the loader's :attr:`~d2lx.loader.ArrayLoader.head`) is
+        kept with it: slicing a device array is an eager operation that costs
+        JAX or TensorFlow tens of microseconds, every fit.
 
         The cache key is the source array (its identity, kept alive by the
         cache, or for NumPy the memory it views) and the indices, so slicing
@@ -127,7 +132,7 @@ class DataModule(HyperParameters):
         key = (ops.device_key, ident, _index_key(indices))
         hit = self._cache().get(key)
         if hit is not None:
-            return hit[1], int(hit[1].shape[0])
+            return hit[1], hit[2]
         name = f"{split} array {position}"
         array = as_float_array(name, to_numpy(source)[indices], example="np.ones((n, 2))")
         if array.ndim >= 2 and 0 in array.shape[1:]:
@@ -135,8 +140,9 @@ class DataModule(HyperParameters):
                 f"{name} has shape {array.shape}: no features to learn from; give X at least one column"
             )
         moved = ops.asarray(np.ascontiguousarray(array))
-        self._cache()[key] = (source, moved)
-        return moved, len(array)
+        head = moved[:1]
+        self._cache()[key] = (source, moved, head)
+        return moved, head
 
     # -- the d2l surface -------------------------------------------------------------------
     def get_dataloader(self, train: bool) -> Any:
@@ -160,7 +166,7 @@ class DataModule(HyperParameters):
             raise InvalidArgumentError("get_tensorloader needs at least one array")
         split = "training" if train else "validation"
         moved = [self._on_device(t, indices, split, i) for i, t in enumerate(tensors)]
-        lengths = [n for _, n in moved]
+        lengths = [int(m.shape[0]) for m, _ in moved]
         if len(set(lengths)) > 1:
             raise ShapeMismatchError(
                 f"{split} arrays have different lengths ({', '.join(map(str, lengths))}); "
@@ -176,7 +182,8 @@ class DataModule(HyperParameters):
                 f"use batch_size <= {n}"
             )
         return ArrayLoader([m for m, _ in moved], batch_size, shuffle=train, ops=self._require_ops(),
-                           rng=self.shuffle_rng if train else None, num_examples=n)
+                           rng=self.shuffle_rng if train else None, num_examples=n,
+                           head=tuple(h for _, h in moved))
 
 
 class SyntheticRegressionData(DataModule):

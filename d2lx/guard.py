@@ -46,7 +46,8 @@ def raise_if_not_finite(trainer: Any, val: Sequence[Any] | np.ndarray | None,
                         train: Sequence[Any] | np.ndarray | None) -> None:
     """Raise if a training loss (a reader's loop) or a validation loss read back is NaN or inf."""
     if train is not None and len(train):
-        values = np.concatenate([np.asarray(to_numpy(v), dtype=np.float64).reshape(-1) for v in train])
+        values = train if isinstance(train, np.ndarray) else np.concatenate(
+            [np.asarray(to_numpy(v), dtype=np.float64).reshape(-1) for v in train])
         if not np.isfinite(values).all():
             bad = int(np.argmin(np.isfinite(values)))
             done = trainer.train_batch_idx
@@ -74,9 +75,10 @@ class EagerGuard:
     copy taken at the start of the epoch (the last parameters known to be
     finite), which is far cheaper than copying the parameters every step.
 
-    The framework's part: ``all_finite(arrays) -> bool`` (one host read),
-    ``copy(array)`` and ``assign(array, value)`` (in place: optimizers and
-    gradient buffers keep pointing at the parameters).
+    The framework's part: ``all_finite(arrays) -> bool`` (one host read;
+    it skips what is not a floating-point array of its framework, such as a
+    batch's integer labels), ``copy(array)`` and ``assign(array, value)`` (in
+    place: optimizers and gradient buffers keep pointing at the parameters).
     """
 
     def __init__(self, params: list[Any], check: bool, all_finite: Any, copy: Any, assign: Any) -> None:
@@ -91,11 +93,15 @@ class EagerGuard:
         if self.check:
             self._snapshot = [self._copy(p) for p in self.params]
 
-    def accepts(self, loss_value: float, batch_floats: Sequence[Any]) -> bool:
-        """Whether a step with this loss may update; if not, latch why (data, last update, or loss)."""
+    def accepts(self, loss_value: float, batch: Sequence[Any]) -> bool:
+        """Whether a step with this loss may update; if not, latch why (data, last update, or loss).
+
+        The batch is only looked at when the loss is not finite: the common
+        step costs one comparison.
+        """
         if not self.check or math.isfinite(loss_value):
             return True
-        if not self._all_finite(list(batch_floats)):
+        if not self._all_finite(list(batch)):
             self._bad = Divergence(self._applied, "data")
         elif not self._all_finite(self.params):
             self._restore()

@@ -35,11 +35,27 @@ def progress_bar(total: int, label: str, enabled: bool, initial: int = 0, unit: 
     """A tqdm bar over ``total`` units (epochs, runs); ``update(n)``, ``set_postfix_str(s)``, ``close()``.
 
     In Jupyter it is tqdm's widget when ipywidgets is installed (else tqdm's
-    text bar); disabled, it is a tqdm that does nothing at all.
+    text bar); disabled, it is an object that does nothing at all (making a
+    disabled tqdm costs more than a small fit's epoch of bookkeeping).
     """
+    if not enabled:
+        return _NoBar()
     if enabled and in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.notebook import tqdm
     else:
         from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc=label, disable=not enabled, unit=unit,
                 mininterval=1.0 / MAX_RATE, leave=True, dynamic_ncols=True, file=sys.stderr)
+
+
+class _NoBar:
+    """A disabled progress bar: tqdm's methods that d2lx calls, doing nothing."""
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -12,8 +12,6 @@ are drawn at d2l's positions, in one pass on the host.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,29 @@ import numpy as np
 from d2lx.errors import InvalidArgumentError
 from d2lx.guard import raise_if_not_finite
 from d2lx.outputs import write_figure
+
+
+class _Observation:
+    """:meth:`Reporting.observing`'s context: a plain class, as it is entered twice per step."""
+
+    __slots__ = ("draw_extras", "previous", "reporting", "seen")
+
+    def __init__(self, reporting: Reporting, draw_extras: bool) -> None:
+        self.reporting, self.draw_extras = reporting, draw_extras
+        self.seen: list[tuple[str, Any, bool]] = []
+        self.previous: list[tuple[str, Any, bool]] | None = None
+
+    def __enter__(self) -> list[tuple[str, Any, bool]]:
+        self.previous, self.reporting._observing = self.reporting._observing, self.seen
+        return self.seen
+
+    def __exit__(self, *exc_info: object) -> None:
+        reporting = self.reporting
+        reporting._observing = self.previous
+        if self.draw_extras:
+            for key, value, train in self.seen:
+                if key != "loss":
+                    reporting._draw(reporting.model, key, value, train)
 
 
 class Reporting:
@@ -40,25 +61,15 @@ class Reporting:
     _board_fed: bool
     _observing: list[tuple[str, Any, bool]] | None = None
 
-    @contextlib.contextmanager
-    def observing(self, draw_extras: bool = True) -> Iterator[list[tuple[str, Any, bool]]]:
-        """Collect the ``plot`` calls of one step as ``(key, value, train)``.
+    def observing(self, draw_extras: bool = True) -> _Observation:
+        """Collect the ``plot`` calls of one step as ``(key, value, train)`` (a context manager).
 
         d2lx's loop records the loss the step returns (or, if it returns
         nothing, the one it plotted: :func:`d2lx.step.step_loss`); other keys
         are drawn on the board when the step ends, unless ``draw_extras`` is
         false (a step being traced has only symbolic values).
         """
-        previous, self._observing = self._observing, []
-        seen = self._observing
-        try:
-            yield seen
-        finally:
-            self._observing = previous
-            if draw_extras:
-                for key, value, train in seen:
-                    if key != "loss":
-                        self._draw(self.model, key, value, train)
+        return _Observation(self, draw_extras)
 
     def observe(self, model: Any, key: str, value: Any, train: bool) -> None:
         """A model's ``self.plot(key, value, train)``: d2l's board, and the loss for the history.
@@ -92,11 +103,10 @@ class Reporting:
         model, board = self.model, self.model.board
         n = self.num_train_batches or max(1, len(train))
         every = max(1, int(n / model.plot_train_per_epoch))
-        for i, value in enumerate(train):
-            board.draw((first_step + i) / n, float(value), "train_loss", every_n=every)
+        steps = np.arange(first_step, first_step + len(train), dtype=np.float64) / n
+        board.draw_many(steps.tolist(), train.tolist(), "train_loss", every_n=every)
         every = max(1, int(max(1, len(val)) / model.plot_valid_per_epoch))
-        for value in val:
-            board.draw(self.epoch + 1, float(value), "val_loss", every_n=every)
+        board.draw_many([self.epoch + 1] * len(val), val.tolist(), "val_loss", every_n=every)
 
     def plot(self, path: str | Path) -> Path:
         """Write the model's board (d2l's loss curves of the last ``fit``) to ``path``."""

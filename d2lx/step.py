@@ -16,6 +16,11 @@ model, checkpoint state), and per fit an object that satisfies :class:`Step`:
   epoch (and validation) in as few compiled calls as the framework allows
   (JAX's ``lax.scan``, TensorFlow's ``tf.while_loop``). ``None`` means "no
   such path here": the core then iterates the loader and calls ``train``.
+* ``prepares_batches`` (optional, default false): the step applies the
+  trainer's ``prepare_batch`` itself, inside its compiled function, so the
+  core hands it a foreign loader's batches as they come (host arrays
+  included) instead of calling ``prepare_batch`` first (JAX: its jitted
+  step copies host arrays to the device in its C++ dispatch).
 * ``divergence()``: the guard. A step never applies an update whose loss,
   or whose resulting parameters, are not finite; it latches the first such
   step instead. ``host_guard`` says whether that is known on the host after

@@ -293,23 +293,43 @@ class TrainerBase(Reporting, HyperParameters):
                     self._val_meter.add_many(result.val_losses, val.batch_sizes())
                     self.val_batch_idx += len(val)
                 return
+        # The per-step loop: every attribute it needs is looked up once (this is the hot path of
+        # eager backends, where a step takes tens of microseconds).
         step.set_training(True)
+        prepare, train_step, record = self._batch_mover(train, step), step.train, self._train_meter.add
+        host_guard, divergence = step.host_guard, step.divergence
         for batch in train:
-            batch = self.prepare_batch(batch)
-            self._train_meter.add(step.train(batch), batch_size_of(batch))
-            if step.host_guard:
-                self._check(step, first)
+            batch = prepare(batch)
+            record(train_step(batch), batch_size_of(batch))
             self.train_batch_idx += 1
+            if host_guard and divergence() is not None:
+                self._check(step, first)  # puts train_batch_idx back at the refused step
         self._check(step, first, end_of_epoch=True)
         self.num_train_batches = known_length(train) or self.train_batch_idx - first
         if val is None:
             return
         step.set_training(False)
+        prepare, evaluate, record = self._batch_mover(val, step), step.evaluate, self._val_meter.add
         for batch in val:
-            batch = self.prepare_batch(batch)
-            self._val_meter.add(step.evaluate(batch), batch_size_of(batch))
+            batch = prepare(batch)
+            record(evaluate(batch), batch_size_of(batch))
             self.val_batch_idx += 1
         self.num_val_batches = known_length(val) or self.num_val_batches
+
+    def _batch_mover(self, loader: Any, step: Step) -> Callable[[Batch], Batch]:
+        """What the loop applies to a batch before the step: ``prepare_batch``, or nothing.
+
+        Nothing for a step that applies ``prepare_batch`` itself, compiled
+        into its function (``step.prepares_batches``: JAX), which takes the
+        loader's batches as they come; nothing for d2lx's own loader, whose
+        batches are on the device already, unless the reader has their own
+        ``prepare_batch`` (d2l adds one with ``add_to_class``).
+        """
+        if getattr(step, "prepares_batches", False):
+            return _unchanged
+        if isinstance(loader, ArrayLoader) and type(self).prepare_batch is TrainerBase.prepare_batch:
+            return _unchanged
+        return self.prepare_batch
 
     def _check(self, step: Step, first: int, end_of_epoch: bool = False) -> None:
         divergence = step.divergence(end_of_epoch)
@@ -320,3 +340,7 @@ class TrainerBase(Reporting, HyperParameters):
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write the run's whole state to ``path`` (safetensors, atomic); see :mod:`d2lx.checkpoint`."""
         return resume.save_trainer(self, path)
+
+
+def _unchanged(batch: Batch) -> Batch:
+    return batch

@@ -156,3 +156,37 @@ def test_a_nan_in_a_foreign_batch_is_named_as_data(d2l: Any) -> None:
     with pytest.raises(d2lx.NonFiniteDataError, match=r"training batch 1 of epoch 0 .* contains NaN or inf"):
         d2l.Trainer(max_epochs=2, progress=False).fit(model, Dirty())
     assert np.isfinite(model.get_w_b()[0]).all()
+
+
+class _ListData(DataModule):
+    """The same examples, unshuffled, as d2lx's own loader or as a list of NumPy batches."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, own: bool) -> None:
+        self.X, self.y, self.own, self.batch_size = X, y, own, 16
+
+    def get_dataloader(self, train: bool) -> Any:
+        if self.own:  # train=False: d2lx's loader without shuffling, so both kinds see the same order
+            return self.get_tensorloader((self.X, self.y), train=False)
+        return [(self.X[i:i + 16], self.y[i:i + 16]) for i in range(0, len(self.X), 16)]
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["d2lx-loader", "list-of-numpy-batches"])
+def test_a_readers_prepare_batch_applies_once_per_batch(d2l: Any, own: bool) -> None:
+    # d2l's Trainer.prepare_batch is a hook a reader may override; a compiled step (JAX) that applies
+    # it itself must not get batches the loop has already prepared.
+    X, y, _, _ = recipes.regression_task(n=64, num_val=0)
+
+    class Doubling(d2l.Trainer):  # type: ignore[name-defined,misc]
+        def prepare_batch(self, batch: Any) -> Any:
+            batch = super().prepare_batch(batch)  # d2lx's: host arrays onto the device
+            return (batch[0] * 2, *batch[1:])
+
+    def fit(trainer_class: Any, data: DataModule) -> np.ndarray:
+        model = d2l.LinearRegression(lr=0.03, seed=0)
+        trainer_class(max_epochs=2, progress=False).fit(model, data)
+        w, b = model.get_w_b()
+        return np.concatenate([np.asarray(w).reshape(-1), np.asarray(b).reshape(-1)])
+
+    got = fit(Doubling, _ListData(X, y, own))
+    want = fit(d2l.Trainer, _ListData(2 * X, y, own=True))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

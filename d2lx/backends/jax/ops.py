@@ -44,6 +44,8 @@ class JaxOps:
         return jnp.take(array, indices, axis=0)
 
     def to_device(self, value: Any) -> jax.Array:
+        if isinstance(value, jax.core.Tracer):  # inside the compiled step (a reader's prepare_batch)
+            return value  # the computation's placement decides
         return place(value if isinstance(value, jax.Array) else host_array(value), self.device)
 
     def to_host(self, values: Sequence[Any]) -> np.ndarray:

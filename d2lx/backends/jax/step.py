@@ -48,7 +48,7 @@ from d2lx.backends.jax.module import (
     strip_state,
 )
 from d2lx.errors import ArgumentTypeError
-from d2lx.loader import ArrayLoader, Batch
+from d2lx.loader import ArrayLoader, Batch, host_array
 from d2lx.step import CAUSES, Divergence, EpochResult, step_loss
 
 
@@ -57,11 +57,20 @@ class Carry(NamedTuple):
 
     state: ArrayState
     grads: Params  # the gradients of the last applied step (what get_grads() returns)
-    diverged: jax.Array  # bool: a step of this epoch was refused
-    bad_step: jax.Array  # int32: index in the epoch of the first refused step (-1: none)
-    cause: jax.Array  # int32: 1 + index in d2lx.step.CAUSES of why (0: none)
-    pos: jax.Array  # int32: steps done in this epoch (= the next batch of the stack)
+    #: int32[4]: [a step of this epoch was refused (0/1), index of the first refused step (-1: none),
+    #: 1 + index in d2lx.step.CAUSES of why (0: none), steps done in this epoch]. One array, not
+    #: four: each array a compiled call takes and returns costs about a microsecond of dispatch.
+    status: jax.Array
     losses: jax.Array  # float32[steps]: each step's loss at its index (empty for single batches)
+
+    @property
+    def diverged(self) -> jax.Array:
+        return self.status[0] > 0
+
+    @property
+    def pos(self) -> jax.Array:
+        """Steps done in this epoch (= the position of the next batch)."""
+        return self.status[3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +150,10 @@ def train_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> tu
                                               (new_state, grads), (carry.state, carry.grads))
     first_bad = ~ok & ~carry.diverged
     cause = jnp.where(~data_ok, 3, jnp.where(~loss_ok, 1, 2)).astype(jnp.int32)
-    new = Carry(state=new_state, grads=grads, diverged=carry.diverged | ~ok,
-                bad_step=jnp.where(first_bad, carry.pos, carry.bad_step),
-                cause=jnp.where(first_bad, cause, carry.cause), pos=carry.pos + 1,
+    status = jnp.stack([(carry.diverged | ~ok).astype(jnp.int32),
+                        jnp.where(first_bad, carry.pos, carry.status[1]),
+                        jnp.where(first_bad, cause, carry.status[2]), carry.pos + 1])
+    new = Carry(state=new_state, grads=grads, status=status,
                 losses=carry.losses.at[carry.pos].set(loss) if carry.losses.shape[0] else carry.losses)
     return new, loss
 
@@ -215,14 +225,13 @@ def finish(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[jax.Array, .
     """The epoch's record, one float32 vector: per-step losses, the latch, validation losses."""
     val_losses = (jnp.zeros((0,), jnp.float32) if val is None
                   else evaluate(spec, carry.state, rng, val, val_batch_size))
-    flags = jnp.stack([carry.diverged.astype(jnp.float32), carry.bad_step.astype(jnp.float32),
-                       carry.cause.astype(jnp.float32)])
+    flags = carry.status[:3].astype(jnp.float32)
     return jnp.concatenate([carry.losses, flags, val_losses])
 
 
-def fresh_flags(steps: int) -> tuple[jax.Array, ...]:
-    """Not diverged, no bad step, no cause, position 0, room for ``steps`` losses."""
-    return (jnp.bool_(False), jnp.int32(-1), jnp.int32(0), jnp.int32(0), jnp.zeros((steps,), jnp.float32))
+def fresh_flags(steps: int) -> tuple[jax.Array, jax.Array]:
+    """The status "not diverged, no bad step, no cause, position 0" and room for ``steps`` losses."""
+    return jnp.array([0, -1, 0, 0], jnp.int32), jnp.zeros((steps,), jnp.float32)
 
 
 def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
@@ -240,7 +249,7 @@ def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
 
 
 def read_flags(carry: Carry) -> jax.Array:
-    return jnp.stack([carry.diverged.astype(jnp.int32), carry.bad_step, carry.cause])
+    return carry.status[:3]
 
 
 class Programs(NamedTuple):
@@ -272,14 +281,27 @@ def _build(spec: StepSpec) -> tuple[StepSpec, Programs]:
                                  model_key=clone if spec.model_key is spec.model else spec.model_key)
     bind = functools.partial
     return stored, Programs(
-        chunk=jax.jit(bind(run_chunk, stored), static_argnums=(4, 5)),
-        tail=jax.jit(bind(tail_step, stored), static_argnums=4),
+        chunk=jax.jit(bind(run_chunk, stored), static_argnums=(4, 5), donate_argnums=0),
+        tail=jax.jit(bind(tail_step, stored), static_argnums=4, donate_argnums=0),
         finish=jax.jit(bind(finish, stored), static_argnums=3),
         epoch=jax.jit(bind(run_epoch, stored), static_argnums=(5, 7)),
-        batch=jax.jit(bind(train_step, stored)), eval_batch=jax.jit(bind(eval_batch, stored)))
+        batch=jax.jit(bind(train_step, stored), donate_argnums=0),
+        eval_batch=jax.jit(bind(eval_batch, stored)))
 
 
-fresh = jax.jit(fresh_flags, static_argnums=0)
+def begin_carry(state: ArrayState, grads: Params, steps: int) -> Carry:
+    """An epoch's first carry: *copies* of the state and gradients, fresh flags, room for the losses.
+
+    The chunk calls donate their carry (XLA updates it in place, as the
+    hand-written loop donates its parameters); copying once per epoch keeps
+    ``trainer.state`` valid should the epoch be interrupted.
+    """
+    copy = functools.partial(jnp.array, copy=True)
+    return Carry(jax.tree_util.tree_map(copy, state), jax.tree_util.tree_map(copy, grads),
+                 *fresh_flags(steps))
+
+
+begin = jax.jit(begin_carry, static_argnums=2)
 zeros_like = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree))
 read = jax.jit(read_flags)
 
@@ -309,11 +331,15 @@ class JaxStep:
     """
 
     host_guard = False
+    #: The compiled step applies a reader's ``prepare_batch`` itself (see ``_prepared``).
+    prepares_batches = True
 
     def __init__(self, trainer: Any, spec: Callable[[bool], StepSpec]) -> None:
         self.trainer = trainer
         self._spec = spec  # the run's StepSpec for d2lx's loaders (False) or other loaders (True)
         self._carry: Carry | None = None
+        self._programs: Programs | None = None  # other loaders' programs (one fit: one spec)
+        self._eval_state: tuple[Any, Any] = (None, None)  # (train state, its arrays) for evaluate
 
     def begin_epoch(self) -> None:
         self._carry = None
@@ -347,7 +373,7 @@ class JaxStep:
                 state, grads, record = fns.epoch(state, self._grads(), rng, tuple(train.tensors), order,
                                                  train.batch_size, val_tensors, val_bs)
         else:
-            carry = Carry(state, self._grads(), *fresh(steps))
+            carry = begin(state, self._grads(), steps)
             full, done = len(train.batch_sizes()) - (1 if train.num_examples % train.batch_size else 0), 0
             tensors = tuple(train.tensors)
             with order_transfer():
@@ -365,17 +391,26 @@ class JaxStep:
         losses = host[:steps] if divergence is None else host[:divergence.step + 1]
         return EpochResult(losses, None if val is None else host[steps + 3:], divergence)
 
+    # -- any other loader: one compiled call per batch, host arrays copied by the call itself -------
+    def _batch_programs(self) -> Programs:
+        if self._programs is None:
+            self._programs = compiled(self._spec(True))
+        return self._programs
+
     def train(self, batch: Batch) -> jax.Array:
         if self._carry is None:
             state, _ = strip_state(self.trainer.state)
-            self._carry = Carry(state, self._grads(), *fresh_flags(0))
-        step = compiled(self._spec(True)).batch
-        self._carry, loss = step(self._carry, self.trainer.state.dropout_rng, batch)
+            self._carry = begin(state, self._grads(), 0)  # a copy: the calls below donate their carry
+        self._carry, loss = _call_with_host_arrays(self._batch_programs().batch, self._carry,
+                                                   self.trainer.state.dropout_rng, batch)
         return loss
 
     def evaluate(self, batch: Batch) -> jax.Array:
-        state, _ = strip_state(self.trainer.state)
-        return compiled(self._spec(True)).eval_batch(state, self.trainer.state.dropout_rng, batch)
+        state = self.trainer.state
+        if self._eval_state[0] is not state:  # the state changes once per epoch, not per batch
+            self._eval_state = (state, strip_state(state)[0])
+        return _call_with_host_arrays(self._batch_programs().eval_batch, self._eval_state[1],
+                                      state.dropout_rng, batch)
 
     def divergence(self, end_of_epoch: bool = False) -> Divergence | None:
         carry = self._carry
@@ -385,6 +420,23 @@ class JaxStep:
         self._finish(carry.state, carry.grads, applied=divergence is None or divergence.step > 0)
         self._carry = None
         return divergence
+
+
+def _call_with_host_arrays(fn: Callable[..., Any], carry: Any, rng: jax.Array, batch: Batch) -> Any:
+    """``fn(carry, rng, batch)`` where the batch may hold host arrays (NumPy, other frameworks').
+
+    A jitted call copies NumPy arguments to the device in its C++ dispatch
+    (about 10 us); ``jax.device_put`` first costs about 100 us of Python per
+    array. Float64 is narrowed to float32 as everywhere in d2lx. Under a
+    user's ``jax.transfer_guard`` the copy is allowed explicitly, as it is
+    the one d2lx means to make.
+    """
+    batch = tuple(a if isinstance(a, jax.Array) else host_array(a) for a in batch)
+    if jax.config.jax_transfer_guard_host_to_device in (None, "allow") \
+            and jax.config.jax_transfer_guard in (None, "allow"):
+        return fn(carry, rng, batch)
+    with order_transfer():
+        return fn(carry, rng, batch)
 
 
 def join(arrays: tuple[Any, ...], like: Any) -> Any:

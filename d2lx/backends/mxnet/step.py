@@ -28,8 +28,8 @@ from d2lx.step import Divergence, EpochResult, step_loss
 
 
 def all_finite(arrays: list[Any]) -> bool:
-    """One host read: are all of ``arrays``' values finite (whatever their contexts)?"""
-    arrays = [as_np(a) for a in arrays]
+    """One host read: are all floating-point arrays among ``arrays`` finite (whatever their contexts)?"""
+    arrays = [a for a in map(as_np, arrays) if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
     if not arrays:
         return True
     first = arrays[0].ctx
@@ -88,10 +88,7 @@ class MXNetStep:
 
     def accepts(self, loss: np.ndarray, batch: Batch) -> bool:
         """The guard's verdict on this step (one host read of the loss)."""
-        if not self.guard.check:
-            return True
-        floats = [a for a in map(as_np, batch) if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
-        return self.guard.accepts(loss.item(), floats)
+        return self.guard.accepts(loss.item(), batch) if self.guard.check else True
 
     def train(self, batch: Batch) -> np.ndarray:
         loss = self._loss(batch)

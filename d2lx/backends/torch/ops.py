@@ -35,9 +35,12 @@ class TorchOps:
         return torch.as_tensor(host_array(value), device=self.device)
 
     def to_host(self, values: Sequence[Any]) -> np.ndarray:
-        flat = [v.detach().reshape(-1) if isinstance(v, torch.Tensor) else torch.as_tensor(v).reshape(-1)
-                for v in values]
-        return torch.cat(flat).double().cpu().numpy()
+        try:  # the common case, an epoch of scalar losses: one stack, one copy
+            return torch.stack(list(values)).detach().reshape(-1).double().cpu().numpy()
+        except (TypeError, RuntimeError):  # vectors of several lengths, or plain numbers
+            flat = [v.detach().reshape(-1) if isinstance(v, torch.Tensor) else torch.as_tensor(v).reshape(-1)
+                    for v in values]
+            return torch.cat(flat).double().cpu().numpy()
 
 
 def cpu() -> torch.device:

@@ -19,8 +19,9 @@ from d2lx.loader import ArrayLoader, Batch
 from d2lx.step import Divergence, EpochResult, step_loss
 
 
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """One host read: are all of ``tensors``' values finite?"""
+def all_finite(arrays: list[Any]) -> bool:
+    """One host read: are all floating-point tensors among ``arrays`` finite (others are skipped)?"""
+    tensors = [t for t in arrays if isinstance(t, torch.Tensor) and t.is_floating_point()]
     if not tensors:
         return True
     flags = torch.stack([torch.isfinite(t.detach()).all() for t in tensors])
@@ -47,6 +48,8 @@ class TorchStep:
         self.optim = trainer.optim
         self.guard = EagerGuard(trainable_tensors(self.model), trainer.check_finite, all_finite, _copy,
                                 _assign)
+        # torch.optim's step disables autograd itself; d2l's hand-written SGD relies on the caller.
+        self._step_needs_no_grad = not isinstance(self.optim, torch.optim.Optimizer)
 
     def begin_epoch(self) -> None:
         self.guard.begin_epoch()
@@ -65,8 +68,7 @@ class TorchStep:
 
     def accepts(self, loss: torch.Tensor, batch: Batch) -> bool:
         """The guard's verdict on this step (one host read of the loss)."""
-        floats = [t for t in batch if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        return self.guard.accepts(loss.item(), floats) if self.guard.check else True
+        return self.guard.accepts(loss.item(), batch) if self.guard.check else True
 
     def train(self, batch: Batch) -> torch.Tensor:
         loss = self._loss(batch)
@@ -79,15 +81,19 @@ class TorchStep:
         """d2l's update: zero the gradients, backpropagate, clip if asked, step the optimizer."""
         self.optim.zero_grad()
         loss.backward()
-        with torch.no_grad():  # as in d2l: a hand-written `param -= lr * param.grad` needs it
-            if self.trainer.gradient_clip_val > 0:
-                self.trainer.clip_gradients(self.trainer.gradient_clip_val, self.model)
+        clip = self.trainer.gradient_clip_val
+        if clip > 0 or self._step_needs_no_grad:
+            with torch.no_grad():  # as in d2l: a hand-written `param -= lr * param.grad` needs it
+                if clip > 0:
+                    self.trainer.clip_gradients(clip, self.model)
+                self.optim.step()
+        else:
             self.optim.step()
 
     def evaluate(self, batch: Batch) -> torch.Tensor:
         with torch.no_grad(), self.trainer.observing() as seen:
             loss = step_loss(self.model.validation_step(batch), seen, "validation_step")
-        return torch.as_tensor(loss).detach()
+        return loss.detach() if isinstance(loss, torch.Tensor) else torch.as_tensor(loss)
 
     def divergence(self, end_of_epoch: bool = False) -> Divergence | None:
         return self.guard.divergence(end_of_epoch)
