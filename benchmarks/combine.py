@@ -29,7 +29,7 @@ GROUPS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, str], .
              "us_per_step", "microseconds per optimizer step (the run / its steps; validation included)",
              ("d2lx_step", "d2lx_fused", "loop", "keras"),
              (("step_over_loop", "step / loop"), ("loop_over_fused", "loop / fused"),
-              ("keras_over_fused", "Keras / fused"))),
+              ("keras_over_fused", "Keras / fused"), ("board_share", "board share"))),
     "large": ("Large workload (bandwidth-bound, concise model)",
               "epoch_ms", "milliseconds per epoch, validation included",
               ("d2lx_step", "d2lx_fused", "loop", "keras"),

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loops import Frozen
-from benchmarks.timing import best_of, error, skipped, summarize, time_repeats
+from benchmarks.timing import best_of, error, skipped, summarize, time_interleaved, time_repeats
 from benchmarks.workloads import SEED, Workload, lr_of, splits, w_error
 
 
@@ -113,6 +113,46 @@ def time_d2lx_methods(ns: ModuleType | None, problem: str | None, loop_mod: Modu
         out["d2lx_fused"] = best_of(by_spe, "spe") if by_spe else skipped(
             f"no --spe value above 1 (one epoch has {w.steps_per_epoch} steps)", same_as="d2lx_step")
     return out
+
+
+def silent_board() -> Any:
+    """A :class:`d2lx.board.ProgressBoard` that keeps no points: a fit's cost without its board."""
+    from d2lx.board import ProgressBoard
+
+    class SilentBoard(ProgressBoard):
+        def draw(self, x: Any, y: Any, label: str, every_n: int = 1) -> None:
+            pass
+
+        def draw_many(self, xs: Any, ys: Any, label: str, every_n: int = 1) -> None:
+            pass
+
+    return SilentBoard()
+
+
+def time_board_share(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, init: Frozen,
+                     repeats: int) -> dict[str, Any]:
+    """What d2l's board costs a fit: ``d2lx_step`` with the model's board and with a silent one.
+
+    The two are timed alternately (ABAB...), so that a machine getting
+    busier or quieter during the run affects both alike; ``share`` is the
+    board's part of the fit's median time (noise can make it negative).
+    """
+    module = d2lx_data(ns, loop_mod, w, data)
+
+    def fit(board: bool) -> Any:
+        model = d2lx_model(ns, loop_mod, w, init)
+        if not board:
+            model.board = silent_board()
+        ns.Trainer(max_epochs=w.epochs, progress=False).fit(model, module)
+        return model
+
+    try:
+        with_board, without = time_interleaved(lambda: fit(True), lambda: fit(False), repeats)
+    except Exception as exc:  # reported, not fatal
+        return error(exc)
+    a, b = float(np.median(with_board)), float(np.median(without))
+    return {"status": "ok", "with_board_s": a, "without_board_s": b, "share": (a - b) / a,
+            "repeats": repeats}
 
 
 # -- the hand-written loop ---------------------------------------------------------------------------

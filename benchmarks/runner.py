@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks import loops
 from benchmarks.keras_worker import KERAS_BACKENDS, run_keras
 from benchmarks.loops import Frozen
-from benchmarks.methods import time_d2lx_methods, time_loop
+from benchmarks.methods import time_board_share, time_d2lx_methods, time_loop
 from benchmarks.report import machine_info
 from benchmarks.targets import check_targets, ratios
 from benchmarks.timing import numpy_copy, skipped
@@ -81,7 +81,9 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
         methods = time_d2lx_methods(ns, problem, loop_mod, w, data, frozen, reps, spe_values)
         methods["loop"] = time_loop(loop_mod, w, data, frozen, reps)
         copy = numpy_copy(X, y, reps) if w.large else None
-        results.append({"workload": w.as_dict(), "methods": methods, "numpy_copy": copy,
+        board = (time_board_share(ns, loop_mod, w, data, frozen, reps)
+                 if w.group == "seed" and ns is not None else None)
+        results.append({"workload": w.as_dict(), "methods": methods, "numpy_copy": copy, "board": board,
                         "initial_loss": numpy_loss(w, init, X, y),
                         "initial_val_loss": numpy_loss(w, init, X_val, y_val),
                         "seconds": round(time.perf_counter() - workload_start, 1)})  # Keras aside
@@ -104,7 +106,7 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
             r["methods"]["keras"] = keras_info["workloads"].get(w.name, missing)
         else:
             r["methods"]["keras"] = {"status": keras_info["status"], "reason": keras_info.get("reason")}
-        r["ratios"] = ratios(r["methods"], r["numpy_copy"], w)
+        r["ratios"] = ratios(r["methods"], r["numpy_copy"], w, r["board"])
     doc = {
         "schema": SCHEMA,
         "smoke": smoke,

@@ -30,12 +30,14 @@ TARGETS: tuple[dict[str, Any], ...] = (
      "needs_fusion": True},
     {"name": "Keras 3 fit (best spe) / d2lx fused", "value": "keras_over_fused", "op": ">=",
      "threshold": 1.0, "groups": ("seed", "large", "mlp"), "backends": KERAS_BACKENDS, "keras": True},
+    {"name": "board's share of a seed fit (d2l's loss curves)", "value": "board_share", "op": "<=",
+     "threshold": 0.05, "groups": ("seed",), "backends": BACKENDS},
     {"name": "d2lx bandwidth / NumPy copy bandwidth", "value": "bandwidth_fraction", "op": ">=",
      "threshold": 0.5, "groups": ("sweep",), "backends": BACKENDS, "large_only": True},
 )
 
 RATIO_KEYS = ("step_over_loop", "fused_over_loop", "loop_over_fused", "keras_over_fused", "keras_over_loop",
-              "fused_over_copy", "bandwidth_fraction")
+              "fused_over_copy", "bandwidth_fraction", "board_share")
 
 
 def _median(methods: dict[str, Any], key: str) -> float | None:
@@ -57,12 +59,14 @@ def fused_median(methods: dict[str, Any]) -> float | None:
     return None
 
 
-def ratios(methods: dict[str, Any], copy: dict[str, Any] | None, w: Workload) -> dict[str, float | None]:
+def ratios(methods: dict[str, Any], copy: dict[str, Any] | None, w: Workload,
+           board: dict[str, Any] | None = None) -> dict[str, float | None]:
     """The ratios of medians the targets are stated in (``None`` where a side is missing).
 
     ``fused_over_copy``: the best d2lx epoch (validation included) over the
     NumPy copy of the training X and y; ``bandwidth_fraction`` its inverse
-    as a fraction of the copy's bandwidth (training bytes only).
+    as a fraction of the copy's bandwidth (training bytes only);
+    ``board_share``: the board's part of a fit (``time_board_share``).
     """
     step, loop, keras = (_median(methods, k) for k in ("d2lx_step", "loop", "keras"))
     fused = fused_median(methods)
@@ -75,6 +79,7 @@ def ratios(methods: dict[str, Any], copy: dict[str, Any] | None, w: Workload) ->
         "keras_over_loop": _div(keras, loop),
         "fused_over_copy": None,
         "bandwidth_fraction": None,
+        "board_share": board["share"] if board is not None and board.get("status") == "ok" else None,
     }
     if copy is not None and best is not None:
         out["fused_over_copy"] = _div(best / w.epochs, copy["median_s"])

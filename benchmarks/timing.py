@@ -43,6 +43,25 @@ def time_repeats(run: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple
     return samples, out, warmup_s
 
 
+def time_interleaved(a: Callable[[], Any], b: Callable[[], Any], repeats: int
+                     ) -> tuple[list[float], list[float]]:
+    """Time ``a`` and ``b`` alternately (after one warm-up call each), GC paused: their samples."""
+    a()
+    b()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((a, samples[0]), (b, samples[1])):
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - start)
+            finally:
+                gc.enable()
+    return samples
+
+
 def summarize(samples: Sequence[float], w: Workload, warmup_s: float) -> dict[str, Any]:
     """Median, quartiles, min/max of ``samples`` (seconds) and the rates derived from the median."""
     s = np.asarray(samples, dtype=np.float64)

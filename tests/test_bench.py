@@ -151,6 +151,24 @@ def test_ratios_are_the_medians(doc: dict, fuses: bool) -> None:
             assert ra["bandwidth_fraction"] == pytest.approx(w.bytes_per_epoch / best / 1e9 / copy["gbps"])
         else:  # tiny and not in the "large" group: no NumPy copy, no bandwidth ratios
             assert copy is None and ra["fused_over_copy"] is None and ra["bandwidth_fraction"] is None
+        board = r["board"]
+        if w.group == "seed":  # the fit with d2l's board against the same fit with a silent one
+            assert board["status"] == "ok" and board["repeats"] == 2, board
+            assert board["with_board_s"] > 0 and board["without_board_s"] > 0
+            share = (board["with_board_s"] - board["without_board_s"]) / board["with_board_s"]
+            assert ra["board_share"] == pytest.approx(share) == pytest.approx(board["share"])
+        else:
+            assert board is None and ra["board_share"] is None
+
+
+def test_a_silent_board_keeps_no_points() -> None:
+    from benchmarks.methods import silent_board
+    from d2lx.board import ProgressBoard
+
+    board = silent_board()
+    board.draw(0.5, 1.0, "train_loss")
+    board.draw_many([1.0, 2.0], [0.5, 0.25], "val_loss")
+    assert isinstance(board, ProgressBoard) and board.lines() == {}
 
 
 def test_targets_follow_the_ratios(doc: dict, framework_backend: str, fuses: bool) -> None:
@@ -168,6 +186,7 @@ def test_targets_follow_the_ratios(doc: dict, framework_backend: str, fuses: boo
         by_ratio.setdefault(t["ratio"], set()).add(t["workload"])
     assert by_ratio["step_over_loop"] == {"seed/concise", "seed/scratch", "large/concise", "mlp",
                                           "loader/concise"}
+    assert by_ratio["board_share"] == {"seed/concise", "seed/scratch"}
     copy_target = fuses and framework_backend in ("jax", "tensorflow", "torch")
     assert by_ratio.get("fused_over_copy", set()) == ({"large/concise"} if copy_target else set())
     keras_rows = by_ratio.get("keras_over_fused", set())
