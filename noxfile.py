@@ -90,9 +90,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11", venv_backend=FAST_VENV)
 def typecheck(session: nox.Session) -> None:
-    """mypy on all of d2lx, the backends included (frameworks are not installed: their types are Any)."""
+    """mypy on d2lx (the backends included) and the benchmark application (frameworks not installed: Any)."""
     session.install("mypy==2.4.1", "-e", ".")
-    session.run("mypy", "d2lx")
+    session.run("mypy", "d2lx", "benchmarks")
 
 
 @nox.session(python="3.11", venv_backend="virtualenv")

@@ -9,8 +9,9 @@ A method that fails is reported as an error, never fatal to the run.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -174,15 +175,11 @@ def time_loop(loop_mod: ModuleType, w: Workload, data: Any, init: Frozen, repeat
                 train = loop_mod.make_loader(X, y, w.batch_size, True, SEED)
                 val = loop_mod.make_loader(X_val, y_val, w.batch_size, False, SEED)
                 loader_loop = loop_mod.LoaderLoop(train, val, lr_of(w), init, variant)
-
-                def run(loop: Any = loader_loop) -> dict[str, Any]:
-                    return loop.run(w.epochs)  # type: ignore[no-any-return]
+                run: Callable[[], dict[str, Any]] = functools.partial(loader_loop.run, w.epochs)
             else:
                 array_loop = loop_mod.ArrayLoop(w.model, arrays, lr_of(w), w.batch_size, init, variant)
                 rng = generator("shuffle", SEED)  # d2lx's shuffle stream: the same orders as d2lx_step
-
-                def run(loop: Any = array_loop, rng: np.random.Generator = rng) -> dict[str, Any]:
-                    return loop.run(w.epochs, rng)  # type: ignore[no-any-return]
+                run = functools.partial(array_loop.run, w.epochs, rng)
 
             samples, res, warm = time_repeats(run, repeats)
         except Exception as exc:  # a variant that fails is reported, not fatal
