@@ -289,16 +289,20 @@ def _build(spec: StepSpec) -> tuple[StepSpec, Programs]:
         eval_batch=jax.jit(bind(eval_batch, stored)))
 
 
-def begin_carry(state: ArrayState, grads: Params, steps: int) -> Carry:
-    """An epoch's first carry: *copies* of the state and gradients, fresh flags, room for the losses.
+def begin_carry(state: ArrayState, grads: Params, steps: int, order: Any = None) -> tuple[Carry, Any]:
+    """An epoch's first carry, and its shuffle order on the device (``None`` stays ``None``).
 
-    The chunk calls donate their carry (XLA updates it in place, as the
-    hand-written loop donates its parameters); copying once per epoch keeps
-    ``trainer.state`` valid should the epoch be interrupted.
+    The carry holds *copies* of the state and gradients, fresh flags and
+    room for the losses: the chunk calls donate their carry (XLA updates it
+    in place, as the hand-written loop donates its parameters), and copying
+    once per epoch keeps ``trainer.state`` valid should the epoch be
+    interrupted. The order comes back as a device array because a jitted
+    call copies a NumPy argument in its C++ dispatch, where ``device_put``
+    costs about 100 us of Python.
     """
     copy = functools.partial(jnp.array, copy=True)
     return Carry(jax.tree_util.tree_map(copy, state), jax.tree_util.tree_map(copy, grads),
-                 *fresh_flags(steps))
+                 *fresh_flags(steps)), order
 
 
 begin = jax.jit(begin_carry, static_argnums=2)
@@ -373,11 +377,10 @@ class JaxStep:
                 state, grads, record = fns.epoch(state, self._grads(), rng, tuple(train.tensors), order,
                                                  train.batch_size, val_tensors, val_bs)
         else:
-            carry = begin(state, self._grads(), steps)
+            with order_transfer():
+                carry, order_on_device = begin(state, self._grads(), steps, order)
             full, done = len(train.batch_sizes()) - (1 if train.num_examples % train.batch_size else 0), 0
             tensors = tuple(train.tensors)
-            with order_transfer():
-                order_on_device = None if order is None else jax.device_put(order, trainer.ops.device)
             while done < full:
                 k = min(steps_per_execution, full - done)
                 carry, done = fns.chunk(carry, rng, tensors, order_on_device, k, train.batch_size), done + k
@@ -400,7 +403,7 @@ class JaxStep:
     def train(self, batch: Batch) -> jax.Array:
         if self._carry is None:
             state, _ = strip_state(self.trainer.state)
-            self._carry = begin(state, self._grads(), 0)  # a copy: the calls below donate their carry
+            self._carry = begin(state, self._grads(), 0)[0]  # a copy: the calls below donate their carry
         self._carry, loss = _call_with_host_arrays(self._batch_programs().batch, self._carry,
                                                    self.trainer.state.dropout_rng, batch)
         return loss
