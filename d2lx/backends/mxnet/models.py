@@ -15,7 +15,7 @@ import numpy as onp
 from mxnet import gluon, init, np
 from mxnet.gluon import nn
 
-from d2lx.backends.mxnet.module import Module, context_list
+from d2lx.backends.mxnet.module import GraphStepModule, context_list
 from d2lx.hyperparameters import HyperParameters
 from d2lx.linear import LinearModel
 from d2lx.seeding import generator, initial_linear_params, resolve_seed
@@ -68,6 +68,40 @@ def huber_loss(loss_fn: gluon.loss.HuberLoss, y_hat: np.ndarray, y: np.ndarray) 
     return per_example.as_np_ndarray().mean()
 
 
+class _SquaredError(nn.HybridBlock):
+    """The concise step: ``L2Loss(weight=2.0)(net(X), y).mean()`` as one graph, bit for bit.
+
+    Gluon's operators in Gluon's order (``y`` reshaped like the prediction,
+    ``square(y - y_hat)``); the weight ``2.0 / 2`` and the mean over the
+    single output column are exact and left out. Six operator calls after
+    the layer's own graph become nodes of one graph.
+    """
+
+    def __init__(self, net: nn.Dense) -> None:
+        super().__init__()
+        self.net = net
+
+    def hybrid_forward(self, F: Any, X: Any, y: Any) -> Any:
+        y_hat = self.net(X)
+        return F.np.mean(F.np.square(F.npx.reshape_like(y, y_hat) - y_hat))
+
+
+class _HalfSquaredError(nn.HybridBlock):
+    """The scratch step: ``((X @ w + b - y) ** 2 / 2).mean()``, d2l 3.4's operators as one graph.
+
+    ``w`` and ``b`` are inputs, not parameters: the model's ``attach_grad``
+    arrays (on a shard's context, its copies there), which a recorded call
+    gives their gradients, as the operators one by one do.
+    """
+
+    def hybrid_forward(self, F: Any, X: Any, y: Any, w: Any, b: Any) -> Any:
+        return ((F.np.dot(X, w) + b - y) ** 2 / 2).mean()
+
+
+def _no_hooks(*blocks: Any) -> bool:
+    return not any(b._forward_hooks or b._forward_pre_hooks for b in blocks)
+
+
 def _stepped(model: Any) -> bool:
     """Whether a training step has run: MXNet allocates gradient buffers (zeros) up front.
 
@@ -78,7 +112,7 @@ def _stepped(model: Any) -> bool:
     return getattr(getattr(model, "trainer", None), "train_batch_idx", 0) > 0
 
 
-class LinearRegressionScratch(LinearModel, Module):
+class LinearRegressionScratch(LinearModel, GraphStepModule):
     """The linear regression model implemented from scratch (d2l 3.4).
 
     ``w`` (``num_inputs`` x 1, normal(0, ``sigma``)) and ``b`` (zeros) are
@@ -108,6 +142,17 @@ class LinearRegressionScratch(LinearModel, Module):
         l = (y_hat - y) ** 2 / 2
         return l.mean()
 
+    def graph_loss(self, batch: Any) -> np.ndarray | None:
+        """``loss(self(X), y)`` through one graph (see :class:`GraphStepModule`); the squared loss only."""
+        w, b = self.w, self.b
+        if self.huber is not None or not isinstance(w, np.ndarray) or not isinstance(b, np.ndarray) \
+                or not self.runs_own_step(LinearRegressionScratch, batch):
+            return None
+        kept = self.kept()
+        if kept.graph is None:
+            kept.graph = self.hybridized(_HalfSquaredError())
+        return kept.graph(*batch, w, b)  # type: ignore[no-any-return]
+
     def configure_optimizers(self) -> SGD:
         return SGD([self.w, self.b], self.lr)
 
@@ -124,7 +169,7 @@ class LinearRegressionScratch(LinearModel, Module):
         self.sync_replicas()
 
 
-class LinearRegression(LinearModel, Module):
+class LinearRegression(LinearModel, GraphStepModule):
     """The concise model (d2l 3.5): a hybridized ``nn.Dense(1)`` at ``self.net``, ``gluon.Trainer``.
 
     Differences from d2l 3.5's MXNet code, each for "same seed, same run on
@@ -140,7 +185,9 @@ class LinearRegression(LinearModel, Module):
       from the data by Gluon's deferred initialization, at the start of the
       first ``fit`` (or from ``w`` in a ``set_w_b`` before any fit); Dense
       stores the weight as ``(1, num_inputs)``, so the core's draw is transposed.
-    * The layer is hybridized (a cached graph instead of per-op Python calls).
+    * The layer is hybridized (a cached graph instead of per-op Python calls),
+      and a step runs the layer and the loss as one cached graph, with
+      exactly the numbers of ``loss(self(X), y)`` (see :meth:`graph_loss`).
     """
 
     def __init__(self, lr: float, *, sigma: float = 0.01, seed: int | None = None, loss: str = "squared",
@@ -151,6 +198,7 @@ class LinearRegression(LinearModel, Module):
         self.net.hybridize()
         self.huber = _huber(self.loss_name, self.huber_sigma)
         self.loss_fn = gluon.loss.L2Loss(weight=2.0)  # (y_hat - y)**2 per example, no 1/2
+        self.kept().loss_fn = self.loss_fn  # the loss the step's graph computes
         self._param_rng = generator("params", resolve_seed(seed))
 
     def forward(self, X: np.ndarray) -> np.ndarray:
@@ -160,6 +208,26 @@ class LinearRegression(LinearModel, Module):
         if self.huber is not None:
             return huber_loss(self.huber, y_hat, y)
         return self.loss_fn(y_hat, y).mean()
+
+    def graph_loss(self, batch: Any) -> np.ndarray | None:
+        """``loss(self(X), y)`` through one graph (see :class:`GraphStepModule`).
+
+        Only the squared loss (Huber runs legacy operators, outside any
+        graph), with ``self.net`` a ``Dense`` and ``self.loss_fn`` the one
+        made here (a reader may set others). The graph holds ``self.net``:
+        it is remade when that is replaced, so it never runs a layer the
+        model no longer has.
+        """
+        net, loss_fn = self.net, self.loss_fn
+        if self.huber is not None or type(net) is not nn.Dense \
+                or not self.runs_own_step(LinearRegression, batch):
+            return None
+        kept = self.kept()
+        if loss_fn is not kept.loss_fn or not _no_hooks(net, loss_fn):
+            return None
+        if kept.graph is None or kept.graph.net is not net:
+            kept.graph = self.hybridized(_SquaredError(net))
+        return kept.graph(*batch)  # type: ignore[no-any-return]
 
     def configure_optimizers(self) -> gluon.Trainer:
         """Gluon's SGD; on several contexts it sums their gradients in a ``device`` kvstore.
