@@ -49,6 +49,7 @@ def test_in_graph_shards_are_the_cores_shard_slices(world: int) -> None:
 def test_data_parallel_fused_clipped_run_equals_one_device_and_refuses_small_batches(tmp_path: Path) -> None:
     """Fused steps, clipping (which sees the summed gradient) and get_grads under devices=2 and 3."""
     res = _in_fresh_process("""
+        import warnings
         import tensorflow as tf
         import d2lx, d2lx.tensorflow as d2l
         from d2lx.data import SyntheticRegressionData
@@ -64,13 +65,16 @@ def test_data_parallel_fused_clipped_run_equals_one_device_and_refuses_small_bat
                    else d2l.LinearRegression(lr=0.1, seed=1))
             tr = d2l.Trainer(max_epochs=2, devices=devices, steps_per_execution=spe,
                              gradient_clip_val=0.5, progress=False)
-            h = tr.fit(net, data)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                h = tr.fit(net, data)
             w, b = net.get_w_b()
             gw, gb = net.get_grads()
             return {"w": w.ravel().tolist(), "b": b.tolist(), "gw": gw.ravel().tolist(),
                     "gb": gb.tolist(), "train": h.train_loss, "val": h.val_loss,
                     "steps": tr.train_batch_idx, "replicas": 0 if tr.distribute_strategy is None
-                    else tr.distribute_strategy.num_replicas_in_sync}
+                    else tr.distribute_strategy.num_replicas_in_sync, "xla": tr._step.jit,
+                    "warnings": [str(w.message) for w in caught]}
         for kind in ("scratch", "concise"):
             for devices, spe in ((1, 1), (2, 4), (3, 1)):
                 out[f"{kind}-{devices}-{spe}"] = run(kind, devices, spe)
@@ -82,6 +86,11 @@ def test_data_parallel_fused_clipped_run_equals_one_device_and_refuses_small_bat
             out["refused"] = None
         except d2lx.InvalidArgumentError as err:
             out["refused"] = str(err)
+        try:  # XLA compiles for one device: the data-parallel step runs without it
+            d2l.Trainer(max_epochs=1, devices=2, jit_compile=True)
+            out["jit"] = None
+        except d2lx.InvalidArgumentError as err:
+            out["jit"] = str(err)
         data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=50, num_val=0, batch_size=10, seed=1)
         built = d2l.LinearRegression(lr=0.1)
         built.set_w_b([[1.0], [2.0]], [0.5])  # Keras variables made outside the strategy's scope
@@ -100,13 +109,17 @@ def test_data_parallel_fused_clipped_run_equals_one_device_and_refuses_small_bat
     """, tmp_path)
     for kind in ("scratch", "concise"):
         one = res[f"{kind}-1-1"]
-        assert one["replicas"] == 0
+        assert one["replicas"] == 0 and one["xla"] and not one["warnings"]
+        many = res[f"{kind}-2-4"]
+        assert not many["xla"] and not many["warnings"]  # jit_compile="auto": no XLA here, silently
         for key in (f"{kind}-2-4", f"{kind}-3-1"):
             many = res[key]
             assert many["replicas"] == int(key.split("-")[1]) and many["steps"] == one["steps"] == 2 * 6
             for field in ("w", "b", "gw", "gb", "train", "val"):
                 np.testing.assert_allclose(many[field], one[field], rtol=1e-5, atol=1e-6, err_msg=key + field)
     assert "a batch of 1 example(s) cannot be split across 2 devices" in res["refused"]
+    assert "jit_compile=True does not work with devices=N" in res["jit"]
+    assert "jit_compile='auto'" in res["jit"]
     assert "were created before the data-parallel run" in res["outside"] and "ckpt_path" in res["outside"]
     assert res["scratch_mirrored"] == "MirroredVariable"
     np.testing.assert_allclose(res["scratch_w"], [1.0, 2.0], atol=1e-6)

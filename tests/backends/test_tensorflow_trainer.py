@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -52,14 +53,16 @@ def test_fused_steps_equal_the_step_by_step_run(kind: str, steps: int) -> None:
 
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
 @pytest.mark.parametrize("steps", [1, 4])
-def test_one_trace_per_run_not_per_epoch_or_short_batch(kind: str, steps: int) -> None:
+def test_one_trace_per_function_not_per_epoch(kind: str, steps: int) -> None:
     # A clipping value no other test uses: a run structure not compiled before in this process.
     trainer, _, _ = _fit(kind, steps, epochs=4, gradient_clip_val=50.0 + steps)
     assert not trainer.compile_cache_hit
-    assert trainer.trace_counts == {"train": 1, "val": 1}  # Python-side counter
+    # Full batches and the shorter last one (100 % 7, 30 % 7) are two functions (static shapes, for XLA).
+    assert trainer.trace_counts == {"train": 1, "train_tail": 1, "val": 1, "val_tail": 1}  # Python-side
     compiled = trainer._step.compiled
-    assert compiled.fns["train"].experimental_get_tracing_count() == 1  # TensorFlow's own count
-    assert compiled.fns["val"].experimental_get_tracing_count() == 1
+    assert set(compiled.fns) == set(trainer.trace_counts)
+    for fn in compiled.fns.values():
+        assert fn.experimental_get_tracing_count() == 1  # TensorFlow's own count
 
 
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
@@ -70,7 +73,8 @@ def test_a_fresh_model_of_the_same_structure_reuses_the_compiled_step_on_its_own
     w1, b1 = net1.get_w_b()
     g1 = net1.get_grads()
     second, net2, seen2 = _fit(kind, steps, gradient_clip_val=60.0 + steps)
-    assert second.compile_cache_hit and second.trace_counts == {"train": 0, "val": 0}
+    assert second.compile_cache_hit
+    assert second.trace_counts == {"train": 0, "train_tail": 0, "val": 0, "val_tail": 0}
     assert second._step.compiled is first._step.compiled
     assert second._step.compiled.fns["train"].experimental_get_tracing_count() == 1
     for (w, b), (w_ref, b_ref) in zip(seen2, seen1, strict=True):  # the same run again
@@ -133,7 +137,9 @@ def test_losses_stay_on_the_device_and_an_epoch_is_read_in_one_transfer(
 
     few, many = run(40), run(8)  # 3 + 1 and 15 + 5 steps per epoch
     assert len(few) == len(many) == 2  # one read per epoch, whatever the number of steps
-    assert many == [(15 + 5 + 2,)] * 2  # training losses, validation losses and the guard's latch
+    # Training losses, validation losses and the guard's latch; a fused call (a static shape, for XLA)
+    # returns room for a whole chunk of 4 steps: 15 and 5 steps come back in 4 + 2 vectors of 4.
+    assert many == [(15 + 5 + 2 if steps == 1 else 4 * 4 + 2 * 4 + 2,)] * 2
 
 
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
@@ -494,13 +500,20 @@ def test_a_keras_model_state_round_trips_by_position_and_refuses_another_model()
 
 
 def test_tensorflows_global_generator_is_saved_and_restored_when_used() -> None:
+    from tensorflow.python.ops import stateful_random_ops
+
+    before = stateful_random_ops.global_generator
     trainer = d2l.Trainer(max_epochs=1, progress=False)
-    generator = tf.random.get_global_generator()
-    state = trainer.rng_state()
-    assert set(state) == {"tf_global_generator"}
-    first = generator.normal((3,)).numpy()
-    trainer.load_rng_state(state)
-    np.testing.assert_array_equal(generator.normal((3,)).numpy(), first)
+    assert trainer.rng_state() == {} or before is not None  # none until the program makes it
+    try:
+        generator = tf.random.get_global_generator()
+        state = trainer.rng_state()
+        assert set(state) == {"tf_global_generator"}
+        first = generator.normal((3,)).numpy()
+        trainer.load_rng_state(state)
+        np.testing.assert_array_equal(generator.normal((3,)).numpy(), first)
+    finally:  # later tests (and the docs' checkpoint listing) run in a program that made none
+        tf.random.set_global_generator(before)
 
 
 def test_the_compiled_step_cache_does_not_keep_a_finished_fits_data_alive() -> None:
@@ -521,3 +534,238 @@ def test_the_compiled_step_cache_does_not_keep_a_finished_fits_data_alive() -> N
     again.fit(d2l.LinearRegression(lr=0.03), SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=100,
                                                                       num_val=20, batch_size=10))
     assert again.compile_cache_hit and np.isfinite(again.history.train_loss).all()
+
+
+# -- XLA (jit_compile), static batch sizes, reuse on any loader ---------------------------------
+@pytest.mark.parametrize("value", ["yes", "AUTO", "xla", 1, 0, None, 1.0])
+def test_jit_compile_accepts_auto_true_or_false_only(value: Any) -> None:
+    with pytest.raises(d2lx.ArgumentTypeError, match=r"jit_compile must be 'auto', True or False"):
+        d2l.Trainer(max_epochs=1, jit_compile=value)
+    for good in ("auto", True, False):
+        assert d2l.Trainer(max_epochs=1, jit_compile=good).jit_compile == good
+
+
+def _xla_compiled(fn: Any) -> bool:
+    """Whether a tf.function's graph is marked for XLA (TensorFlow's own attribute)."""
+    return bool(fn.get_concrete_function().function_def.attr["_XlaMustCompile"].b)
+
+
+@pytest.mark.parametrize("kind", ["scratch", "concise"])
+@pytest.mark.parametrize("steps", [1, 8])
+def test_xla_and_the_plain_graph_train_the_seed_problem_to_the_same_parameters(kind: str, steps: int) -> None:
+    runs = []
+    for jit in (True, False, "auto"):
+        data = SyntheticRegressionData(w=[2, -3.4], b=4.2)  # d2l's seed problem: 1000 examples, batch 32
+        net = _model(kind, 2, 0.03)
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
+        trainer = d2l.Trainer(max_epochs=3, steps_per_execution=steps, jit_compile=jit, progress=False,
+                              callbacks=[lambda t, seen=seen: seen.append(t.model.get_w_b())])
+        trainer.fit(net, data)
+        compiled = trainer._step.compiled
+        assert {_xla_compiled(fn) for fn in compiled.fns.values()} == {jit is not False}
+        runs.append((seen, trainer.history))
+    (xla, h_xla), (plain, h_plain), (auto, _) = runs
+    for (w, b), (w_ref, b_ref), (w_auto, b_auto) in zip(xla, plain, auto, strict=True):
+        np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b, b_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(w_auto, w)  # "auto" is XLA here
+        np.testing.assert_array_equal(b_auto, b)
+    np.testing.assert_allclose(h_xla.train_loss, h_plain.train_loss, rtol=1e-5)
+    np.testing.assert_allclose(h_xla.val_loss, h_plain.val_loss, rtol=1e-5, atol=1e-7)
+    assert abs(xla[-1][1][0] - 4.2) < 0.3  # and it learned (b starts at 0)
+
+
+def _sgd_reference(data: Any, lr: float, epochs: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """d2l 3.4's minibatch SGD in float64 NumPy over ``data``'s own loader (its shuffles, its last batch)."""
+    w, b = (a.astype(np.float64) for a in initial_linear_params(generator("params", 0), 3, 0.01))
+    losses = []
+    for _ in range(epochs):
+        batch_losses = []
+        for X, y in data.train_dataloader():
+            X, y = X.numpy().astype(np.float64), y.numpy().astype(np.float64)
+            r = X @ w + b - y
+            batch_losses.append(float((r**2 / 2).mean()))
+            w, b = w - lr * X.T @ r / len(X), b - lr * r.mean(axis=0)
+        losses.append(float(np.mean(batch_losses)))
+    return w, b, losses
+
+
+@pytest.mark.parametrize("steps", [1, 4, 1000])
+@pytest.mark.parametrize("num_train", [100, 96])  # 100 % 8 = 4: a shorter last batch; 96: none
+def test_every_batch_and_the_short_last_one_train_as_a_hand_written_loop(steps: int, num_train: int) -> None:
+    def data() -> Any:
+        return SyntheticRegressionData(w=[2, -3.4, 0.5], b=4.2, num_train=num_train, num_val=20, batch_size=8,
+                                       seed=6)
+
+    w_ref, b_ref, losses = _sgd_reference(data(), 0.03, 3)
+    net = d2l.LinearRegressionScratch(3, lr=0.03, seed=0)
+    trainer = d2l.Trainer(max_epochs=3, steps_per_execution=steps, progress=False)
+    trainer.fit(net, data())
+    assert trainer.train_batch_idx == 3 * -(-num_train // 8)
+    assert ("train_tail" in trainer._step.compiled.fns) == (num_train % 8 != 0)
+    np.testing.assert_allclose(net.get_w_b()[0], w_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.get_w_b()[1], b_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trainer.history.train_loss, losses, rtol=1e-5)
+    assert trainer.val_batch_idx == 3 * 3 and len(trainer.history.val_loss) == 3  # 20 = 8 + 8 + 4
+
+
+class NumpyLossModel(d2l.LinearRegressionScratch):
+    """A loss that calls NumPy through ``tf.numpy_function``: an op XLA has no kernel for."""
+
+    def loss(self, y_hat: Any, y: Any) -> Any:
+        l = super().loss(y_hat, y)
+        zero = tf.numpy_function(lambda v: np.zeros((), np.float32), [l], tf.float32)
+        return l + tf.stop_gradient(tf.reshape(zero, []))
+
+
+def _fit_numpy_loss(jit: Any, steps: int, loader: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from d2lx.backends.tensorflow.step import TFStep
+
+    data: Any = ArrayData(*_arrays(), batch_size=7, seed=3)
+    data = data if loader == "array" else _NumpyBatches(data, seed=3)
+    net = NumpyLossModel(3, lr=0.03, seed=1)
+    at_fallback: list[Any] = []
+    original = TFStep._fall_back
+
+    def spy(self: Any, compiled: Any, *args: Any) -> Any:  # the state when XLA's error arrives
+        at_fallback.append((self.model.get_w_b(), int(self.trainer.train_batch_idx), compiled.jit))
+        return original(self, compiled, *args)
+
+    monkeypatch.setattr(TFStep, "_fall_back", spy)
+    trainer = d2l.Trainer(max_epochs=2, steps_per_execution=steps, jit_compile=jit, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.fit(net, data)
+        finally:
+            monkeypatch.undo()
+    return trainer, net, [w for w in caught if issubclass(w.category, UserWarning)], at_fallback
+
+
+def _arrays() -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(1)
+    X, X_val = rng.standard_normal((100, 3)), rng.standard_normal((30, 3))
+    w = np.array([[2.0], [-3.4], [0.5]])
+    return X, X @ w + 4.2, X_val, X_val @ w + 4.2
+
+
+@pytest.mark.parametrize(("steps", "loader"), [(1, "array"), (4, "array"), (1, "numpy")])
+def test_auto_falls_back_to_the_plain_graph_where_xla_cannot_compile_the_step(
+        steps: int, loader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    w0, b0 = NumpyLossModel(3, lr=0.03, seed=1).get_w_b()
+    plain, plain_net, plain_warnings, plain_spied = _fit_numpy_loss(False, steps, loader, monkeypatch)
+    assert plain_warnings == [] and plain_spied == []
+    auto, auto_net, auto_warnings, spied = _fit_numpy_loss("auto", steps, loader, monkeypatch)
+    assert len(auto_warnings) == 1, [str(w.message) for w in auto_warnings]
+    message = str(auto_warnings[0].message)
+    assert "XLA has no kernel for PyFunc" in message and "jit_compile=False" in message
+    # XLA failed on the fit's first call, before it ran: nothing had changed yet.
+    assert len(spied) == 1
+    (w_seen, b_seen), batch_idx, was_jit = spied[0]
+    assert was_jit and batch_idx == 0
+    np.testing.assert_array_equal(w_seen, w0)
+    np.testing.assert_array_equal(b_seen, b0)
+    # The rest of the fit ran the plain graph: the same run as jit_compile=False.
+    np.testing.assert_array_equal(auto_net.get_w_b()[0], plain_net.get_w_b()[0])
+    np.testing.assert_array_equal(auto_net.get_w_b()[1], plain_net.get_w_b()[1])
+    np.testing.assert_array_equal(auto.history.train_loss, plain.history.train_loss)
+    np.testing.assert_array_equal(auto.history.val_loss, plain.history.val_loss)
+    assert auto.trace_counts["train"] == 2 and plain.trace_counts["train"] == 1  # XLA's trace, then plain
+    assert not np.array_equal(auto_net.get_w_b()[0], w0)
+
+
+def test_jit_compile_true_raises_xlas_error_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(tf.errors.InvalidArgumentError, match="PyFunc") as info:
+        _fit_numpy_loss(True, 1, "array", monkeypatch)
+    assert "jit_compile='auto' or False" in "".join(getattr(info.value, "__notes__", []))
+
+
+def test_a_cached_step_that_fell_back_is_reused_plain_and_warns_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def loss(self: Any, y_hat: Any, y: Any) -> Any:  # on d2lx's own class: its steps are cached
+        zero = tf.numpy_function(lambda v: np.zeros((), np.float32), [y_hat], tf.float32)
+        return tf.reduce_mean((y_hat - y) ** 2 / 2) + tf.stop_gradient(tf.reshape(zero, []))
+
+    monkeypatch.setattr(d2l.LinearRegressionScratch, "loss", loss)
+    runs = []
+    for _ in range(2):
+        trainer = d2l.Trainer(max_epochs=2, gradient_clip_val=90.0, progress=False)  # a structure of its own
+        net = d2l.LinearRegressionScratch(2, lr=0.03)
+        data = SyntheticRegressionData(w=[2, -3.4], b=4.2, num_train=100, num_val=20, batch_size=8)
+        with pytest.warns(UserWarning, match="XLA has no kernel for PyFunc"):
+            trainer.fit(net, data)
+        runs.append((trainer, net.get_w_b()))
+    (first, (w1, b1)), (second, (w2, b2)) = runs
+    assert not first.compile_cache_hit and second.compile_cache_hit
+    assert set(second.trace_counts.values()) == {0} and not second._step.compiled.jit
+    np.testing.assert_array_equal(w2, w1)
+    np.testing.assert_array_equal(b2, b1)
+
+
+class _TFData(d2lx.DataModule):
+    """A reader's data module whose loaders are ``tf.data`` pipelines (made afresh per data module)."""
+
+    def __init__(self, batch_size: int = 16) -> None:
+        super().__init__()
+        X, y, X_val, y_val = (a.astype(np.float32) for a in _arrays())
+        self.batch_size = batch_size
+        self.loaders = (tf.data.Dataset.from_tensor_slices((X, y)).shuffle(100, seed=4).batch(batch_size),
+                        tf.data.Dataset.from_tensor_slices((X_val, y_val)).batch(batch_size))
+
+    def get_dataloader(self, train: bool) -> Any:
+        return self.loaders[0 if train else 1]
+
+
+_TF_DATA_FIT = """
+import numpy as np, tensorflow as tf, d2lx, d2lx.tensorflow as d2l
+from tests.backends.test_tensorflow_trainer import _TFData
+trainer = d2l.Trainer(max_epochs=3, gradient_clip_val=95.0, progress=False)
+net = d2l.LinearRegression(lr=0.03, seed=2)
+trainer.fit(net, _TFData())
+w, b = net.get_w_b()
+print({"w": w.ravel().tolist(), "b": b.tolist(), "loss": list(trainer.history.train_loss),
+       "val": list(trainer.history.val_loss), "traces": trainer.trace_counts})
+"""
+
+
+def test_a_second_fit_over_a_tf_data_loader_reuses_the_compiled_step_and_equals_a_fresh_process() -> None:
+    import ast
+    import pathlib
+
+    fits = []
+    for _ in range(2):
+        trainer = d2l.Trainer(max_epochs=3, gradient_clip_val=95.0, progress=False)  # a structure of its own
+        net = d2l.LinearRegression(lr=0.03, seed=2)
+        trainer.fit(net, _TFData())
+        fits.append((trainer, net))
+    (first, net1), (second, net2) = fits
+    assert not first.compile_cache_hit and first.trace_counts == {"train": 1, "val": 1}
+    assert second.compile_cache_hit and second.trace_counts == {"train": 0, "val": 0}
+    assert second._step.functions["train"] is first._step.functions["train"]
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3", "D2LX_BACKEND": "tensorflow"}
+    out = subprocess.run([sys.executable, "-c", _TF_DATA_FIT], capture_output=True, text=True, env=env,
+                         cwd=root, timeout=300, check=True)
+    fresh = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert fresh["traces"] == {"train": 1, "val": 1}
+    w2, b2 = net2.get_w_b()
+    np.testing.assert_allclose(w2.ravel(), fresh["w"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(b2, fresh["b"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(second.history.train_loss, fresh["loss"], rtol=1e-6)
+    np.testing.assert_allclose(second.history.val_loss, fresh["val"], rtol=1e-6)
+    np.testing.assert_array_equal(w2, net1.get_w_b()[0])  # and the first fit, in this process
+
+
+def test_a_batch_that_does_not_match_the_traced_signature_is_refused_not_run() -> None:
+    X, y, _, _ = (a.astype(np.float32) for a in _arrays())
+    batches = [(X[:8], y[:8]), (X[8:16], y[8:16, 0])]  # the second y lost its column: (8,) not (8, 1)
+
+    class Ragged(d2lx.DataModule):
+        batch_size = 8
+
+        def get_dataloader(self, train: bool) -> Any:
+            return batches if train else None
+
+    net = d2l.LinearRegressionScratch(3, lr=0.03)
+    with pytest.raises((TypeError, ValueError)):
+        d2l.Trainer(max_epochs=1, progress=False).fit(net, Ragged())

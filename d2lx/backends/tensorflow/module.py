@@ -21,20 +21,32 @@ module neutralises both:
   holds Keras variables, so the model would silently not train.
   :class:`Module` records such variables and adds them to
   ``trainable_variables``/``trainable_weights`` (and :func:`state_variables`).
+
+:class:`GraphStep` is what a compiled step traces from a module: its
+``training_step`` under a ``GradientTape``, clipping, the guarded update, and
+the ``tf.function`` s around them (run by :mod:`d2lx.backends.tensorflow.step`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from d2lx.backends.tensorflow import ops
 from d2lx.backends.tensorflow.ops import tf_variable
 from d2lx.errors import InvalidArgumentError
+from d2lx.loader import ArrayLoader, Batch
 from d2lx.module import ModuleBase
+from d2lx.step import CAUSES, step_loss
+
+#: The latch's cause codes (indices of CAUSES); made into tensors only inside a trace, since an
+#: eager tensor at import would start TensorFlow's runtime (see LinearRegressionScratch).
+_LOSS, _PARAMETERS, _DATA = (CAUSES.index(c) for c in ("loss", "parameters", "data"))
 
 #: Where Keras' own ``self.loss`` value (``None`` or a ``compile`` spec) is kept.
 KERAS_LOSS_ATTR = "_keras_loss"
@@ -167,3 +179,134 @@ class Module(ModuleBase, tf.keras.Model):
         """
         out = self(tf.constant(np.asarray(X, dtype=np.float32)), training=False)
         return np.asarray(out.numpy(), dtype=np.float32)
+
+
+class GraphStep:
+    """What a compiled step traces: d2l's step of the model, its update and guard, and the functions.
+
+    :class:`~d2lx.backends.tensorflow.step.TFStep` makes the variables and
+    runs the functions built here; the data-parallel step replaces
+    :meth:`_gradients` and :meth:`_apply`.
+    """
+
+    trainer: Any
+    model: Any
+    optim: Any
+    check: bool
+    variables: list[Any]
+    snapshot: list[Any]  # every variable a refused step puts back
+    guard: tf.Variable  # the latch: (first refused step of the epoch or -1, its cause)
+    slot_of: dict[int, tf.Variable]  # a trainable variable's id -> its last applied gradient
+    trace_counts: dict[str, int]
+
+    def set_training(self, mode: bool) -> None:
+        self.model.training = mode  # what d2l's TensorFlow models read (dropout...)
+
+    def _step_loss(self, fn: Callable[[Batch], Any], batch: Batch, what: str) -> Any:
+        """What the step returned, else the loss it plotted (other plotted keys are symbolic: dropped)."""
+        with self.trainer.observing(draw_extras=False) as seen:
+            return step_loss(fn(batch), seen, what)
+
+    def _loss_and_grads(self, batch: Batch, weight: tf.Tensor | None = None) -> tuple[Any, list[Any]]:
+        """``training_step`` under a ``GradientTape`` (its loss times ``weight``, if given)."""
+        with tf.GradientTape() as tape:
+            loss = self._step_loss(self.model.training_step, batch, "training_step")
+            if weight is not None:
+                loss = loss * tf.cast(weight, loss.dtype)
+        return loss, list(tape.gradient(loss, self.variables))
+
+    def _gradients(self, batch: Batch) -> tuple[Any, list[Any]]:
+        """The batch's loss and one gradient per trainable variable (``None`` where it gets none)."""
+        return self._loss_and_grads(batch)
+
+    def _apply(self, pairs: list[tuple[Any, Any]]) -> None:
+        self.optim.apply_gradients(pairs)
+
+    def _commit(self, pairs: list[tuple[Any, Any]]) -> tf.Tensor:
+        for g, v in pairs:
+            self.slot_of[id(v)].assign(tf.convert_to_tensor(g))
+        return tf.constant(True)
+
+    def _train_one(self, batch: Batch, i: tf.Tensor) -> tf.Tensor:
+        """One optimizer step, traced: tape, gradients, optional clipping, guarded update.
+
+        The guard is one ``tf.cond`` after the update: it is kept if the
+        loss and the parameters it produced are finite and nothing was
+        refused earlier in the epoch; otherwise every variable of the model
+        and the optimizer gets back the value read before the step, and the
+        first refused step and its cause are latched. (Updating and undoing
+        costs nothing on the common path, unlike a second ``tf.cond``.)
+        """
+        saved = [tf.identity(tf_variable(v)) for v in self.snapshot] if self.check else []
+        loss, grads = self._gradients(batch)
+        pairs = [(g, v) for g, v in zip(grads, self.variables) if g is not None]
+        clip = self.trainer.gradient_clip_val
+        if clip > 0 and pairs:
+            clipped = self.trainer.clip_gradients(clip, [g for g, _ in pairs])
+            pairs = list(zip(clipped, [v for _, v in pairs]))
+        self._apply(pairs)
+        if not self.check:
+            self._commit(pairs)
+            return ops.loss_scalar(loss, "training_step")
+        guard, latched = self.guard, self.guard.read_value()
+
+        def refuse() -> tf.Tensor:
+            for v, value in zip(self.snapshot, saved):
+                v.assign(value)
+            codes = tf.constant([_DATA, _LOSS, _PARAMETERS], tf.int64)
+            finite_loss = tf.where(ops.all_finite([loss]), codes[2], codes[1])
+            cause = tf.where(ops.all_finite(batch), finite_loss, codes[0])
+            guard.assign(tf.where(latched[0] < 0, tf.stack([i, cause]), latched))
+            return tf.constant(False)
+
+        ok = tf.logical_and(ops.all_finite([loss, *self.variables]), latched[0] < 0)
+        tf.cond(ok, lambda: self._commit(pairs), refuse)
+        return ops.loss_scalar(loss, "training_step")
+
+    def _val_one(self, batch: Batch) -> tf.Tensor:
+        return ops.loss_scalar(self._step_loss(self.model.validation_step, batch, "validation_step"),
+                           "validation_step")
+
+    # -- the functions ----------------------------------------------------------------------
+    def epoch_functions(self, train: ArrayLoader, val: ArrayLoader | None, spe: int,
+                        jit: bool) -> dict[str, Any]:
+        """An epoch's functions: ``(tensors, [order,] i)`` (one step), or fused ``(..., start, stop)``.
+
+        ``train``/``val`` take full batches, ``train_tail``/``val_tail`` the
+        shorter last one (each batch size a static shape, as XLA needs). They
+        hold this step weakly: the cache outlives the fit, and a strong
+        reference would keep its trainer, and so its data set, alive.
+        """
+        counts, step = self.trace_counts, weakref.proxy(self)
+
+        def make(loader: ArrayLoader, name: str, size: int, chunk: int) -> Any:
+            spec, bs, shuffled = ops.batch_spec(loader.tensors), loader.batch_size, loader.shuffle
+            training = name.startswith("train")
+
+            def one(tensors: tuple[Any, ...], order: Any, i: tf.Tensor) -> tf.Tensor:
+                batch = step.trainer.prepare_batch(ops.batch_at(tensors, order, i, bs, size, jit))
+                return step._train_one(batch, i) if training else step._val_one(batch)
+
+            def fn(tensors: tuple[Any, ...], *args: tf.Tensor) -> tf.Tensor:
+                counts[name] = counts.get(name, 0) + 1
+                step.set_training(training)
+                order, (start, *stop) = (args[0], args[1:]) if shuffled else (None, args)
+                if not chunk:
+                    return one(tensors, order, start)
+                return ops.steps_loop(lambda i: one(tensors, order, i), start, stop[0], chunk)
+
+            signature = [spec, *([tf.TensorSpec((None,), tf.int64)] if shuffled else []),
+                         *[tf.TensorSpec((), tf.int64)] * (1 + bool(chunk))]
+            return tf.function(fn, input_signature=signature, autograph=self.trainer.autograph,
+                               jit_compile=jit)
+
+        fns = {}
+        for what, loader in (("train", train), ("val", val)):
+            if loader is not None:
+                full, tail = divmod(loader.num_examples, loader.batch_size)
+                chunk = ops.chunk_of(full, spe)
+                if full:
+                    fns[what] = make(loader, what, loader.batch_size, chunk)
+                if tail:  # fused: a loop of one step, so that every call returns a vector
+                    fns[f"{what}_tail"] = make(loader, f"{what}_tail", tail, min(chunk, 1))
+        return fns
