@@ -19,9 +19,9 @@ from typing import Any
 from benchmarks import loops
 from benchmarks.keras_worker import KERAS_BACKENDS, run_keras
 from benchmarks.loops import Frozen
-from benchmarks.methods import time_board_share, time_d2lx_methods, time_loop
+from benchmarks.methods import time_alternating, time_board_share, time_d2lx_methods, time_loop
 from benchmarks.report import machine_info
-from benchmarks.targets import check_targets, ratios
+from benchmarks.targets import STEP_GROUPS, check_targets, ratios
 from benchmarks.timing import numpy_copy, skipped
 from benchmarks.workloads import LR, MLP_LR, SEED, Workload, initial_params, make_data, numpy_loss, splits
 
@@ -83,7 +83,12 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
         copy = numpy_copy(X, y, reps) if w.large else None
         board = (time_board_share(ns, loop_mod, w, data, frozen, reps)
                  if w.group == "seed" and ns is not None else None)
+        loop = methods["loop"]
+        alternating = (time_alternating(ns, loop_mod, w, data, frozen, reps, loop["best_variant"])
+                       if w.group in STEP_GROUPS and ns is not None and loop.get("status") == "ok"
+                       and methods["d2lx_step"].get("status") == "ok" else None)
         results.append({"workload": w.as_dict(), "methods": methods, "numpy_copy": copy, "board": board,
+                        "alternating": alternating,
                         "initial_loss": numpy_loss(w, init, X, y),
                         "initial_val_loss": numpy_loss(w, init, X_val, y_val),
                         "seconds": round(time.perf_counter() - workload_start, 1)})  # Keras aside
@@ -106,7 +111,7 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
             r["methods"]["keras"] = keras_info["workloads"].get(w.name, missing)
         else:
             r["methods"]["keras"] = {"status": keras_info["status"], "reason": keras_info.get("reason")}
-        r["ratios"] = ratios(r["methods"], r["numpy_copy"], w, r["board"])
+        r["ratios"] = ratios(r["methods"], r["numpy_copy"], w, r["board"], r["alternating"])
     doc = {
         "schema": SCHEMA,
         "smoke": smoke,

@@ -159,6 +159,14 @@ def test_ratios_are_the_medians(doc: dict, fuses: bool) -> None:
             assert ra["board_share"] == pytest.approx(share) == pytest.approx(board["share"])
         else:
             assert board is None and ra["board_share"] is None
+        alternating = r["alternating"]  # d2lx_step and the fastest loop variant, timed A, B, A, B, ...
+        if w.group not in targets.STEP_GROUPS:  # the sweep is reported, not judged per step
+            assert alternating is None and ra["step_over_loop_alternating"] is None
+            continue
+        assert alternating["status"] == "ok" and alternating["repeats"] == 2, alternating
+        assert alternating["variant"] == ms["loop"]["best_variant"]
+        assert alternating["d2lx_s"] > 0 and alternating["loop_s"] > 0
+        assert ra["step_over_loop_alternating"] == pytest.approx(alternating["d2lx_s"] / alternating["loop_s"])
 
 
 def test_a_silent_board_keeps_no_points() -> None:
@@ -184,8 +192,9 @@ def test_targets_follow_the_ratios(doc: dict, framework_backend: str, fuses: boo
     by_ratio: dict[str, set[str]] = {}
     for t in rows:
         by_ratio.setdefault(t["ratio"], set()).add(t["workload"])
-    assert by_ratio["step_over_loop"] == {"seed/concise", "seed/scratch", "large/concise", "mlp",
-                                          "loader/concise"}
+    assert by_ratio["step_over_loop_alternating"] == {"seed/concise", "seed/scratch", "large/concise", "mlp",
+                                                      "loader/concise"}
+    assert "step_over_loop" not in by_ratio  # the blocks' ratio is shown, the alternating one judged
     assert by_ratio["board_share"] == {"seed/concise", "seed/scratch"}
     copy_target = fuses and framework_backend in ("jax", "tensorflow", "torch")
     assert by_ratio.get("fused_over_copy", set()) == ({"large/concise"} if copy_target else set())
@@ -213,13 +222,18 @@ def test_ratios_and_targets_by_hand() -> None:
     methods["d2lx_fused"] = {"status": "error", "reason": "boom"}  # a failure is not replaced
     assert targets.ratios(methods, None, w)["keras_over_fused"] is None
     large = {"workload": {**Workload("large/concise", "large", "concise", 10, 2, 5, 1, 5).as_dict()},
-             "ratios": {"step_over_loop": 1.2, "fused_over_copy": 2.5, "keras_over_fused": 0.9}}
+             "ratios": {"step_over_loop_alternating": 1.2, "fused_over_copy": 2.5, "keras_over_fused": 0.9}}
     rows = targets.check_targets("jax", [large], fuses=True)
-    assert {(t["ratio"], t["met"]) for t in rows} == {("step_over_loop", False), ("fused_over_copy", True),
-                                                      ("keras_over_fused", False)}
+    assert {(t["ratio"], t["met"]) for t in rows} == {("step_over_loop_alternating", False),
+                                                      ("fused_over_copy", True), ("keras_over_fused", False)}
     assert {t["ratio"] for t in targets.check_targets("torch", [large], fuses=False)} == {
-        "step_over_loop", "keras_over_fused"}
-    assert {t["ratio"] for t in targets.check_targets("mxnet", [large], fuses=True)} == {"step_over_loop"}
+        "step_over_loop_alternating", "keras_over_fused"}
+    assert {t["ratio"] for t in targets.check_targets("mxnet", [large], fuses=True)} == {
+        "step_over_loop_alternating"}
+    # the alternating run's ratio, when there is one
+    assert targets.ratios(methods, None, w, None, {"status": "ok", "ratio": 1.3}
+                          )["step_over_loop_alternating"] == pytest.approx(1.3)
+    assert targets.ratios(methods, None, w, None, {"status": "error"})["step_over_loop_alternating"] is None
 
 
 def test_workload_definitions() -> None:
