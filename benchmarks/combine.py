@@ -213,7 +213,7 @@ def plot(docs: list[dict[str, Any]], path: Path) -> None:
     ax1.axhline(1.15, color="red", linestyle="--", linewidth=1, label="target 1.15")
     ax1.axhline(1.0, color="black", linewidth=0.5)
     ax1.set_xticks(x, names, rotation=20, fontsize=8)
-    ax1.set_ylabel("d2lx step-by-step time / hand-written loop")
+    ax1.set_ylabel("d2lx step-by-step / hand-written loop (alternating)")
     ax1.set_title("per-step overhead (below 1: d2lx is faster)")
     ax1.legend(fontsize=8)
     for d in docs:
