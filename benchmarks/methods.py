@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.loops import Frozen
+from benchmarks.loops import Frozen, loader_data
 from benchmarks.timing import best_of, error, skipped, summarize, time_interleaved, time_repeats
 from benchmarks.workloads import SEED, Workload, lr_of, splits, w_error
 
@@ -51,7 +51,7 @@ def d2lx_model(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen) 
 def d2lx_data(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any) -> Any:
     """The data module d2lx fits on: the workload's own, or the reader's framework-loader module."""
     if w.loader == "framework":
-        return loop_mod.d2lx_loader_data(ns, splits(data, w), w.batch_size, SEED)
+        return loader_data(ns, loop_mod.make_loader, splits(data, w), w.batch_size, SEED)
     return data
 
 

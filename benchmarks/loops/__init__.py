@@ -28,8 +28,10 @@ Every ``benchmarks/loops/<backend>.py`` provides the same interface, used by
 * ``d2lx_mlp(d2l, init, lr)``: the d2lx side of the MLP workload, a
   ``d2l.Module`` subclass written as a reader would, with the framework's
   layers and SGD, starting from ``init``.
-* ``d2lx_loader_data(d2l, arrays, batch_size, seed)``: a ``d2l.DataModule``
-  whose ``get_dataloader`` returns ``make_loader(...)`` loaders.
+
+:func:`loader_data` is the d2lx side of the loader workload for every
+backend: a ``d2l.DataModule`` whose ``get_dataloader`` returns the backend's
+``make_loader(...)`` loaders.
 
 The loops are the baseline, so each is written the fastest idiomatic way for
 its framework: data already on the device, the step compiled where the
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -53,6 +56,25 @@ KINDS = ("concise", "scratch", "mlp")
 def load(backend: str) -> ModuleType:
     """``benchmarks.loops.<backend>`` (imports the framework)."""
     return importlib.import_module(f"benchmarks.loops.{backend}")
+
+
+def loader_data(d2l: Any, make_loader: Callable[..., Any], arrays: tuple[np.ndarray, ...], batch_size: int,
+                seed: int) -> Any:
+    """A reader's ``d2l.DataModule`` over the framework's own loaders (made once, re-iterated per epoch):
+    a torch ``DataLoader``, a ``tf.data`` dataset, a Gluon ``DataLoader``, or JAX's list of NumPy batches."""
+    X, y, X_val, y_val = arrays
+
+    class LoaderData(d2l.DataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batch_size = batch_size
+            self.loaders = (make_loader(X, y, batch_size, True, seed),
+                            make_loader(X_val, y_val, batch_size, False, seed))
+
+        def get_dataloader(self, train: bool) -> Any:
+            return self.loaders[0 if train else 1]
+
+    return LoaderData()
 
 
 class Frozen:

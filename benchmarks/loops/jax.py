@@ -241,20 +241,3 @@ def _mlp_class(d2l: Any) -> type:
 def d2lx_mlp(d2l: Any, init: Any, lr: float) -> Any:
     """A reader's MLP on ``d2lx.jax``: flax ``Dense`` layers, the MSE, ``optax.sgd``."""
     return _mlp_class(d2l)(start=init, lr=lr)
-
-
-def d2lx_loader_data(d2l: Any, arrays: tuple[np.ndarray, ...], batch_size: int, seed: int) -> Any:
-    """A ``d2l.DataModule`` whose loaders are lists of NumPy batches (JAX's stand-in for a loader)."""
-    X, y, X_val, y_val = arrays
-
-    class LoaderData(d2l.DataModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batch_size = batch_size
-            self.loaders = (make_loader(X, y, batch_size, True, seed),
-                            make_loader(X_val, y_val, batch_size, False, seed))
-
-        def get_dataloader(self, train: bool) -> list[Batch]:
-            return self.loaders[0 if train else 1]
-
-    return LoaderData()
