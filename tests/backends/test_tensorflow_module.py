@@ -183,7 +183,7 @@ def test_d2l_alias_table_has_d2ls_names_and_meanings() -> None:
 
 
 def test_array_ops_copy_only_what_is_elsewhere_and_read_in_one_go() -> None:
-    from d2lx.backends.tensorflow.distributed import TFOps
+    from d2lx.backends.tensorflow.ops import TFOps
 
     ops = TFOps("/CPU:0")
     moved = ops.to_device(np.ones((3, 2)))  # float64 from a NumPy loader

@@ -1,313 +1,25 @@
-"""The JAX step: pure functions of a carried train state, compiled once per run structure.
+"""The JAX step: the compiled programs of :mod:`d2lx.backends.jax.compiled` run for one fit.
 
-How an epoch over d2lx's own loader runs (:meth:`JaxStep.run_epoch`): the
-epoch's order is drawn from the shared shuffle stream; one compiled call
-gathers the device-resident data into a stack of full batches plus the
-shorter tail batch; ``steps_per_execution`` steps run per call
-(``lax.scan``), reading their batches with ``dynamic_slice`` at a position
-carried on the device; validation and the epoch's record (per-step losses,
-the guard's latch, per-batch validation losses) are one more call, or the
-whole epoch is one call when ``steps_per_execution`` covers it. The host
-reads one vector per epoch. Any other loader's batches go through
-:meth:`JaxStep.train`: the same step, compiled for one batch.
-
-The guard cannot raise inside a compiled step: a step applies its update
-only if its loss and the parameters it produces are finite (and, for
-batches d2lx did not check, the batch too) and no earlier step of the epoch
-failed; the first failure's index and cause are latched in the carry.
-
-Compiled functions are pure functions of a hashable :class:`StepSpec` (the
-flax module compares by its fields), cached per spec: a later ``fit`` of an
-equal model with the same options reuses the code compiled by the first.
+:class:`JaxStep` holds what passes between the calls of an epoch (the
+carry, donated from call to call) and brings ``trainer.state`` (the flax
+train state d2l's JAX code reads) up to date at the end of every epoch. An
+epoch over d2lx's own loader is a few compiled calls with one read back to
+the host; any other loader's batches go to the one-batch program as they
+come, host arrays and all.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from d2lx.backends.jax.distributed import shard_batch
-from d2lx.backends.jax.module import (
-    ArrayState,
-    Module,
-    OptDef,
-    Params,
-    bind_state,
-    bounded_cache,
-    detached,
-    join_opt_state,
-    split_opt_state,
-    strip_state,
-)
-from d2lx.errors import ArgumentTypeError
+from d2lx.backends.jax.compiled import Carry, Programs, StepSpec, begin, programs, read, zeros_like
+from d2lx.backends.jax.module import ArrayState, Params, join_opt_state, split_opt_state, strip_state
 from d2lx.loader import ArrayLoader, Batch, host_array
-from d2lx.step import CAUSES, Divergence, EpochResult, step_loss
-
-
-class Carry(NamedTuple):
-    """What a compiled training call threads from step to step, all on the device."""
-
-    state: ArrayState
-    grads: Params  # the gradients of the last applied step (what get_grads() returns)
-    #: int32[4]: [a step of this epoch was refused (0/1), index of the first refused step (-1: none),
-    #: 1 + index in d2lx.step.CAUSES of why (0: none), steps done in this epoch]. One array, not
-    #: four: each array a compiled call takes and returns costs about a microsecond of dispatch.
-    status: jax.Array
-    losses: jax.Array  # float32[steps]: each step's loss at its index (empty for single batches)
-
-    @property
-    def diverged(self) -> jax.Array:
-        return self.status[0] > 0
-
-    @property
-    def pos(self) -> jax.Array:
-        """Steps done in this epoch (= the position of the next batch)."""
-        return self.status[3]
-
-
-@dataclasses.dataclass(frozen=True)
-class StepSpec:
-    """Everything the compiled functions close over; equal specs share compiled code."""
-
-    model: Module = dataclasses.field(compare=False)
-    model_key: Any
-    tx: Any = dataclasses.field(compare=False)
-    tx_key: Any
-    opt_def: OptDef
-    hooks: Any = dataclasses.field(compare=False)  # the trainer, if it overrides prepare_batch/clipping
-    hooks_key: Any
-    matmul_precision: str
-    gradient_clip_val: float
-    check_finite: bool
-    check_data: bool  # also refuse batches with NaN/inf (loaders d2lx did not check)
-    mesh: Any
-
-
-class _Collector:
-    """Stands in for the trainer while a step is traced: keeps what ``self.plot`` reports."""
-
-    def __init__(self) -> None:
-        self._observing: list[tuple[str, Any, bool]] = []
-
-    def observe(self, model: Any, key: str, value: Any, train: bool) -> None:
-        self._observing.append((key, value, train))
-
-
-def _call(spec: StepSpec, name: str, *args: Any) -> tuple[Any, list[tuple[str, Any, bool]]]:
-    """``spec.model.<name>(*args)`` with its ``plot`` calls collected (the model is a detached clone)."""
-    model, collector = spec.model, _Collector()
-    object.__setattr__(model, "trainer", collector)
-    try:
-        with jax.default_matmul_precision(spec.matmul_precision):
-            return getattr(model, name)(*args), collector._observing
-    finally:
-        object.__setattr__(model, "trainer", None)
-
-
-def _prepared(spec: StepSpec, batch: Batch) -> Batch:
-    batch = shard_batch(spec.mesh, tuple(batch))
-    return spec.hooks.prepare_batch(batch) if spec.hooks is not None else batch
-
-
-def clip_by_global_norm(grad_clip_val: float, grads: Params) -> Params:
-    """d2l 9.5's clipping: optax's own ``clip_by_global_norm`` (pure, so no host sync in the step)."""
-    return optax.clip_by_global_norm(grad_clip_val).update(grads, optax.EmptyState())[0]
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def train_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> tuple[Carry, jax.Array]:
-    """One guarded optimizer step as a pure function of the carry and one batch."""
-    state = bind_state(spec, carry.state, rng)
-    batch = _prepared(spec, batch)
-    out, _ = _call(spec, "training_step", state.params, batch, state)
-    if not (isinstance(out, tuple) and len(out) == 2) or isinstance(out[0], tuple):
-        raise ArgumentTypeError("training_step(params, batch, state) must return (loss, grads); models "
-                                "with mutable collections (batch norm) need their own fit_epoch")
-    loss, grads = out
-    loss = jnp.asarray(loss, jnp.float32).reshape(())
-    if spec.gradient_clip_val > 0:
-        clip = spec.hooks.clip_gradients if spec.hooks is not None else clip_by_global_norm
-        grads = clip(spec.gradient_clip_val, grads)
-    new_state, _ = strip_state(state.apply_gradients(grads=grads))
-    loss_ok, params_ok = jnp.isfinite(loss), _all_finite(new_state.params)
-    data_ok = _all_finite(batch) if spec.check_data else jnp.bool_(True)
-    ok = (loss_ok & params_ok & data_ok) if spec.check_finite else jnp.bool_(True)
-    apply = ok & ~carry.diverged
-    new_state, grads = jax.tree_util.tree_map(lambda new, old: jnp.where(apply, new, old),
-                                              (new_state, grads), (carry.state, carry.grads))
-    first_bad = ~ok & ~carry.diverged
-    cause = jnp.where(~data_ok, 3, jnp.where(~loss_ok, 1, 2)).astype(jnp.int32)
-    status = jnp.stack([(carry.diverged | ~ok).astype(jnp.int32),
-                        jnp.where(first_bad, carry.pos, carry.status[1]),
-                        jnp.where(first_bad, cause, carry.status[2]), carry.pos + 1])
-    new = Carry(state=new_state, grads=grads, status=status,
-                losses=carry.losses.at[carry.pos].set(loss) if carry.losses.shape[0] else carry.losses)
-    return new, loss
-
-
-def batch_at(tensors: tuple[jax.Array, ...], order: jax.Array | None, start: Any, size: int) -> Batch:
-    """The batch of ``size`` examples at position ``start`` of this epoch's ``order``, gathered now.
-
-    Each step gathers its own rows (a few MB that stay in the cache) instead
-    of the epoch gathering the whole shuffled data set first: that would
-    write and read back a data set-sized array every epoch, the largest cost
-    of a large epoch.
-    """
-    if order is None:
-        return tuple(jax.lax.dynamic_slice_in_dim(t, start, size, axis=0) for t in tensors)
-    rows = jax.lax.dynamic_slice_in_dim(order, start, size)
-    return tuple(jnp.take(t, rows, axis=0, unique_indices=True, indices_are_sorted=False) for t in tensors)
-
-
-def run_chunk(spec: StepSpec, carry: Carry, rng: jax.Array, tensors: tuple[jax.Array, ...],
-              order: jax.Array | None, k: int, batch_size: int) -> Carry:
-    """``k`` full-batch steps from the carry's position (``lax.scan`` if ``k > 1``)."""
-    def one(c: Carry) -> Carry:
-        return train_step(spec, c, rng, batch_at(tensors, order, c.pos * batch_size, batch_size))[0]
-
-    if k == 1:
-        return one(carry)
-    carry, _ = jax.lax.scan(lambda c, _: (one(c), None), carry, None, length=k)
-    return carry
-
-
-def tail_step(spec: StepSpec, carry: Carry, rng: jax.Array, tensors: tuple[jax.Array, ...],
-              order: jax.Array | None, batch_size: int) -> Carry:
-    """The epoch's shorter last batch (its own shape, so its own compiled variant)."""
-    n = tensors[0].shape[0]
-    start = n - n % batch_size
-    return train_step(spec, carry, rng, batch_at(tensors, order, start, n - start))[0]
-
-
-def eval_batch(spec: StepSpec, state: ArrayState, rng: jax.Array, batch: Batch) -> jax.Array:
-    """The validation loss of one batch (d2l's validation_step may only plot it)."""
-    bound = bind_state(spec, state, rng)
-    out, seen = _call(spec, "validation_step", bound.params, _prepared(spec, batch), bound)
-    return jnp.asarray(step_loss(out, seen, "validation_step"), jnp.float32).reshape(())
-
-
-def evaluate(spec: StepSpec, state: ArrayState, rng: jax.Array, tensors: tuple[jax.Array, ...],
-             batch_size: int) -> jax.Array:
-    """Every validation batch's loss, in order, in one call.
-
-    Each batch is a ``dynamic_slice`` of the device-resident arrays at a
-    loop index: on XLA:CPU that reads the validation set once, where cutting
-    it into a stack of batches (a reshape, or static slices) made XLA copy it
-    and took five times as long.
-    """
-    n = tensors[0].shape[0]
-    full = n // batch_size
-    parts = []
-    if full:
-        parts.append(jax.lax.map(
-            lambda i: eval_batch(spec, state, rng, batch_at(tensors, None, i * batch_size, batch_size)),
-            jnp.arange(full)))
-    if n % batch_size:
-        parts.append(eval_batch(spec, state, rng, tuple(t[full * batch_size:] for t in tensors)).reshape(1))
-    return jnp.concatenate(parts) if parts else jnp.zeros((0,), jnp.float32)
-
-
-def finish(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[jax.Array, ...] | None,
-           val_batch_size: int) -> jax.Array:
-    """The epoch's record, one float32 vector: per-step losses, the latch, validation losses."""
-    val_losses = (jnp.zeros((0,), jnp.float32) if val is None
-                  else evaluate(spec, carry.state, rng, val, val_batch_size))
-    flags = carry.status[:3].astype(jnp.float32)
-    return jnp.concatenate([carry.losses, flags, val_losses])
-
-
-def fresh_flags(steps: int) -> tuple[jax.Array, jax.Array]:
-    """The status "not diverged, no bad step, no cause, position 0" and room for ``steps`` losses."""
-    return jnp.array([0, -1, 0, 0], jnp.int32), jnp.zeros((steps,), jnp.float32)
-
-
-def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
-              tensors: tuple[jax.Array, ...], order: jax.Array | None, batch_size: int,
-              val: tuple[jax.Array, ...] | None, val_batch_size: int) -> tuple[ArrayState, Params, jax.Array]:
-    """A whole epoch in one call: every step (each gathering its batch), the tail, validation, the record."""
-    n = tensors[0].shape[0]
-    full, tail = divmod(n, batch_size)
-    carry = Carry(state, grads, *fresh_flags(full + (1 if tail else 0)))
-    if full:
-        carry = run_chunk(spec, carry, rng, tensors, order, full, batch_size)
-    if tail:
-        carry = tail_step(spec, carry, rng, tensors, order, batch_size)
-    return carry.state, carry.grads, finish(spec, carry, rng, val, val_batch_size)
-
-
-def read_flags(carry: Carry) -> jax.Array:
-    return carry.status[:3]
-
-
-class Programs(NamedTuple):
-    """The jitted functions of one :class:`StepSpec`."""
-
-    chunk: Callable[..., Carry]
-    tail: Callable[..., Carry]
-    finish: Callable[..., jax.Array]
-    epoch: Callable[..., tuple[ArrayState, Params, jax.Array]]
-    batch: Callable[..., tuple[Carry, jax.Array]]
-    eval_batch: Callable[..., jax.Array]
-
-
-_PROGRAMS: OrderedDict[StepSpec, Programs] = OrderedDict()
-
-
-def compiled(spec: StepSpec) -> Programs:
-    """The jitted functions for ``spec``, made once per distinct spec in this process.
-
-    The cache keeps a spec whose model is a detached clone, so it keeps no
-    trainer, data or parameters alive.
-    """
-    return bounded_cache(_PROGRAMS, spec, lambda: _build(spec))
-
-
-def _build(spec: StepSpec) -> tuple[StepSpec, Programs]:
-    clone = detached(spec.model)
-    stored = dataclasses.replace(spec, model=clone,
-                                 model_key=clone if spec.model_key is spec.model else spec.model_key)
-    bind = functools.partial
-    return stored, Programs(
-        chunk=jax.jit(bind(run_chunk, stored), static_argnums=(4, 5), donate_argnums=0),
-        tail=jax.jit(bind(tail_step, stored), static_argnums=4, donate_argnums=0),
-        finish=jax.jit(bind(finish, stored), static_argnums=3),
-        epoch=jax.jit(bind(run_epoch, stored), static_argnums=(5, 7)),
-        batch=jax.jit(bind(train_step, stored), donate_argnums=0),
-        eval_batch=jax.jit(bind(eval_batch, stored)))
-
-
-def begin_carry(state: ArrayState, grads: Params, steps: int, order: Any = None) -> tuple[Carry, Any]:
-    """An epoch's first carry, and its shuffle order on the device (``None`` stays ``None``).
-
-    The carry holds *copies* of the state and gradients, fresh flags and
-    room for the losses: the chunk calls donate their carry (XLA updates it
-    in place, as the hand-written loop donates its parameters), and copying
-    once per epoch keeps ``trainer.state`` valid should the epoch be
-    interrupted. The order comes back as a device array because a jitted
-    call copies a NumPy argument in its C++ dispatch, where ``device_put``
-    costs about 100 us of Python.
-    """
-    copy = functools.partial(jnp.array, copy=True)
-    return Carry(jax.tree_util.tree_map(copy, state), jax.tree_util.tree_map(copy, grads),
-                 *fresh_flags(steps)), order
-
-
-begin = jax.jit(begin_carry, static_argnums=2)
-zeros_like = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree))
-read = jax.jit(read_flags)
+from d2lx.step import CAUSES, Divergence, EpochResult
 
 
 def divergence_of(flags: np.ndarray) -> Divergence | None:
@@ -328,14 +40,10 @@ def order_transfer() -> Any:
 
 
 class JaxStep:
-    """:class:`d2lx.step.Step` for one JAX fit: the programs above, and the carry between calls.
-
-    ``trainer.state`` (the flax train state d2l's JAX code reads) is brought
-    up to date at the end of every epoch.
-    """
+    """:class:`d2lx.step.Step` for one JAX fit: the compiled programs, and the carry between calls."""
 
     host_guard = False
-    #: The compiled step applies a reader's ``prepare_batch`` itself (see ``_prepared``).
+    #: The compiled step applies a reader's ``prepare_batch`` itself (see ``compiled._prepared``).
     prepares_batches = True
 
     def __init__(self, trainer: Any, spec: Callable[[bool], StepSpec]) -> None:
@@ -365,7 +73,7 @@ class JaxStep:
 
     def run_epoch(self, train: ArrayLoader, val: ArrayLoader | None, steps_per_execution: int) -> EpochResult:
         trainer, spec = self.trainer, self._spec(False)
-        fns = compiled(spec)
+        fns = programs(spec)
         order = train.epoch_order()  # consumes the shuffle stream exactly like iteration
         if order is not None:
             order = np.asarray(order, dtype=np.int32)  # JAX has no int64 by default
@@ -397,7 +105,7 @@ class JaxStep:
     # -- any other loader: one compiled call per batch, host arrays copied by the call itself -------
     def _batch_programs(self) -> Programs:
         if self._programs is None:
-            self._programs = compiled(self._spec(True))
+            self._programs = programs(self._spec(True))
         return self._programs
 
     def train(self, batch: Batch) -> jax.Array:

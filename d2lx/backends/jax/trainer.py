@@ -5,7 +5,8 @@ d2l-for-JAX surface: ``trainer.state`` is a flax :class:`TrainState`
 key=None)`` takes an optional PRNG key (d2l's positional ``fit(model, data,
 key)`` too), and assigning ``trainer.optim`` (as ``fit`` does with
 ``model.configure_optimizers()``) creates the train state from the model's
-parameters. The compiled steps are in :mod:`d2lx.backends.jax.step`.
+parameters. The compiled steps are in :mod:`d2lx.backends.jax.compiled`, run by
+:mod:`d2lx.backends.jax.step`.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from d2lx.backends.jax.distributed import make_mesh
-from d2lx.backends.jax.module import ByIdentity, Module, Params, TrainState, module_key, strip_state
-from d2lx.backends.jax.ops import JaxOps, gpu_devices, place
-from d2lx.backends.jax.step import (
+from d2lx.backends.jax.compiled import (
     Carry,
-    JaxStep,
     Programs,
     StepSpec,
     clip_by_global_norm,
-    compiled,
     fresh_flags,
+    programs,
     zeros_like,
 )
+from d2lx.backends.jax.distributed import make_mesh
+from d2lx.backends.jax.module import ByIdentity, Module, Params, TrainState, module_key, strip_state
+from d2lx.backends.jax.ops import JaxOps, gpu_devices, place
+from d2lx.backends.jax.step import JaxStep
 from d2lx.data import DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
 from d2lx.errors import ArgumentTypeError, CheckpointError, DeviceUnavailableError, InvalidArgumentError
@@ -168,7 +169,7 @@ class Trainer(TrainerBase):
         return clip_by_global_norm(grad_clip_val, grads)
 
     def step_spec(self, check_data: bool = False) -> StepSpec:
-        """The :class:`~d2lx.backends.jax.step.StepSpec` of this run (d2lx's loaders, or others)."""
+        """The :class:`~d2lx.backends.jax.compiled.StepSpec` of this run (d2lx's loaders, or others)."""
         spec = self._specs.get(check_data)
         if spec is None:
             assert self.state is not None, "fit() creates the train state first"
@@ -187,7 +188,7 @@ class Trainer(TrainerBase):
 
     def programs(self, check_data: bool = False) -> Programs:
         """This run's jitted functions (to inspect them: ``.lower(...)``, ``jax.make_jaxpr``)."""
-        return compiled(self.step_spec(check_data))
+        return programs(self.step_spec(check_data))
 
     def initial_carry(self) -> Carry:
         """The carry an epoch starts from: the train state's arrays, the last gradients, fresh flags."""

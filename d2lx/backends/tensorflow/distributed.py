@@ -1,7 +1,4 @@
-"""Devices for the TensorFlow backend: d2lx's arrays on one (:class:`TFOps`), training on several.
-
-:class:`TFOps` is the core's :class:`~d2lx.loader.ArrayOps` on one
-TensorFlow device. Data-parallel training runs on ``tf.distribute.MirroredStrategy``.
+"""Data-parallel training for the TensorFlow backend on ``tf.distribute.MirroredStrategy``.
 
 One process drives N devices (``/GPU:0..N-1``, or N logical CPU devices made
 from the physical CPU with ``tf.config.set_logical_device_configuration``),
@@ -41,78 +38,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
-from d2lx.backends.tensorflow.ops import device_key, same_device
 from d2lx.backends.tensorflow.step import TFStep
 from d2lx.data import check_shardable
 from d2lx.errors import InvalidArgumentError
-from d2lx.loader import Batch, host_array, to_numpy
-
-
-class TFOps:
-    """:class:`d2lx.loader.ArrayOps` on one TensorFlow device (``"/CPU:0"``, ``"/GPU:1"``).
-
-    Why ``tf.identity`` under ``tf.device`` for a GPU: an eager ``tf.constant``
-    is built in host memory; the identity op placed on the target device is
-    what copies it there, once, so the loader's per-step slices never cross
-    the bus. On the CPU the constant already is where it belongs.
-    """
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.device_key = f"tensorflow:{device}"
-        self._on_cpu = device_key(device)[0] == "CPU"
-
-    def _put(self, array: np.ndarray) -> tf.Tensor:
-        with tf.device(self.device):
-            tensor = tf.constant(array)
-            return tensor if self._on_cpu else tf.identity(tensor)
-
-    def asarray(self, array: np.ndarray) -> tf.Tensor:
-        return self._put(np.ascontiguousarray(array))
-
-    def indices(self, order: np.ndarray) -> tf.Tensor:
-        return self._put(order.astype(np.int64))
-
-    def take(self, array: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
-        """Rows ``indices`` of ``array``, on the device."""
-        with tf.device(self.device):
-            return tf.gather(array, indices, axis=0)
-
-    def to_device(self, value: Any) -> Any:
-        """NumPy (float64 narrowed to float32) onto the device; a tensor only if it lives elsewhere.
-
-        Inside a ``tf.function`` trace a tensor is symbolic: it is returned
-        as it is (the graph's placement decides), so a ``prepare_batch`` that
-        calls this runs unchanged in the compiled step.
-        """
-        if isinstance(value, (tf.Tensor, tf.Variable)):
-            if not tf.executing_eagerly() or same_device(value.device, self.device):
-                return value
-            with tf.device(self.device):
-                return tf.identity(value)
-        return self._put(host_array(value))
-
-    def to_host(self, values: Sequence[Any]) -> np.ndarray:
-        """One device op (a stack or a concat) and one transfer for tensors of one dtype.
-
-        Host values (NumPy, Python numbers: a reader's ``self.plot`` of a
-        float, or losses the step already read) are converted without
-        touching the device.
-        """
-        if not values:
-            return np.zeros((0,), np.float64)
-        tensors = [v for v in values if isinstance(v, (tf.Tensor, tf.Variable))]
-        if len(tensors) == len(values) and len({t.dtype for t in tensors}) == 1:
-            with tf.device(self.device):
-                if all(t.shape.rank == 0 for t in tensors):
-                    flat = tf.stack(tensors)
-                else:
-                    flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
-            return np.asarray(flat.numpy(), dtype=np.float64).reshape(-1)
-        return np.concatenate([np.asarray(to_numpy(v), dtype=np.float64).reshape(-1) for v in values])
+from d2lx.loader import Batch
 
 
 def ensure_logical_cpus(count: int) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from d2lx.backends.tensorflow import ops
+from d2lx.backends.tensorflow import compiled
 from d2lx.backends.tensorflow.ops import tf_variable
 from d2lx.errors import InvalidArgumentError
 from d2lx.loader import ArrayLoader, Batch
@@ -247,25 +247,25 @@ class GraphStep:
         self._apply(pairs)
         if not self.check:
             self._commit(pairs)
-            return ops.loss_scalar(loss, "training_step")
+            return compiled.loss_scalar(loss, "training_step")
         guard, latched = self.guard, self.guard.read_value()
 
         def refuse() -> tf.Tensor:
             for v, value in zip(self.snapshot, saved):
                 v.assign(value)
             codes = tf.constant([_DATA, _LOSS, _PARAMETERS], tf.int64)
-            finite_loss = tf.where(ops.all_finite([loss]), codes[2], codes[1])
-            cause = tf.where(ops.all_finite(batch), finite_loss, codes[0])
+            finite_loss = tf.where(compiled.all_finite([loss]), codes[2], codes[1])
+            cause = tf.where(compiled.all_finite(batch), finite_loss, codes[0])
             guard.assign(tf.where(latched[0] < 0, tf.stack([i, cause]), latched))
             return tf.constant(False)
 
-        ok = tf.logical_and(ops.all_finite([loss, *self.variables]), latched[0] < 0)
+        ok = tf.logical_and(compiled.all_finite([loss, *self.variables]), latched[0] < 0)
         tf.cond(ok, lambda: self._commit(pairs), refuse)
-        return ops.loss_scalar(loss, "training_step")
+        return compiled.loss_scalar(loss, "training_step")
 
     def _val_one(self, batch: Batch) -> tf.Tensor:
-        return ops.loss_scalar(self._step_loss(self.model.validation_step, batch, "validation_step"),
-                           "validation_step")
+        return compiled.loss_scalar(self._step_loss(self.model.validation_step, batch, "validation_step"),
+                                    "validation_step")
 
     # -- the functions ----------------------------------------------------------------------
     def epoch_functions(self, train: ArrayLoader, val: ArrayLoader | None, spe: int,
@@ -280,11 +280,11 @@ class GraphStep:
         counts, step = self.trace_counts, weakref.proxy(self)
 
         def make(loader: ArrayLoader, name: str, size: int, chunk: int) -> Any:
-            spec, bs, shuffled = ops.batch_spec(loader.tensors), loader.batch_size, loader.shuffle
+            spec, bs, shuffled = compiled.batch_spec(loader.tensors), loader.batch_size, loader.shuffle
             training = name.startswith("train")
 
             def one(tensors: tuple[Any, ...], order: Any, i: tf.Tensor) -> tf.Tensor:
-                batch = step.trainer.prepare_batch(ops.batch_at(tensors, order, i, bs, size, jit))
+                batch = step.trainer.prepare_batch(compiled.batch_at(tensors, order, i, bs, size, jit))
                 return step._train_one(batch, i) if training else step._val_one(batch)
 
             def fn(tensors: tuple[Any, ...], *args: tf.Tensor) -> tf.Tensor:
@@ -293,7 +293,7 @@ class GraphStep:
                 order, (start, *stop) = (args[0], args[1:]) if shuffled else (None, args)
                 if not chunk:
                     return one(tensors, order, start)
-                return ops.steps_loop(lambda i: one(tensors, order, i), start, stop[0], chunk)
+                return compiled.steps_loop(lambda i: one(tensors, order, i), start, stop[0], chunk)
 
             signature = [spec, *([tf.TensorSpec((None,), tf.int64)] if shuffled else []),
                          *[tf.TensorSpec((), tf.int64)] * (1 + bool(chunk))]
@@ -304,7 +304,7 @@ class GraphStep:
         for what, loader in (("train", train), ("val", val)):
             if loader is not None:
                 full, tail = divmod(loader.num_examples, loader.batch_size)
-                chunk = ops.chunk_of(full, spe)
+                chunk = compiled.chunk_of(full, spe)
                 if full:
                     fns[what] = make(loader, what, loader.batch_size, chunk)
                 if tail:  # fused: a loop of one step, so that every call returns a vector

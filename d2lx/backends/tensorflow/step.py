@@ -29,9 +29,9 @@ How a step runs (and why):
   follows a refused step of the epoch, is undone by a ``tf.cond``, and the
   first refused step and its cause are latched in a variable.
 * **Cheap calls, no retracing.** Calls skip TensorFlow's per-call Python
-  (:func:`~d2lx.backends.tensorflow.ops.flat_call`); compiled functions are
+  (:func:`~d2lx.backends.tensorflow.compiled.flat_call`); compiled functions are
   reused by later fits of same-structure models on any loader
-  (:class:`~d2lx.backends.tensorflow.ops.Compiled`).
+  (:class:`~d2lx.backends.tensorflow.compiled.Compiled`).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from d2lx.backends.tensorflow.compiled import Compiled, batch_spec, cached, chunk_of, index, keep, xla_cause
 from d2lx.backends.tensorflow.models import optimizer_variables
 from d2lx.backends.tensorflow.module import GraphStep, state_variables
-from d2lx.backends.tensorflow.ops import Compiled, batch_spec, cached, chunk_of, index, keep, xla_cause
 from d2lx.loader import ArrayLoader, Batch
 from d2lx.step import CAUSES, Divergence, EpochResult
 

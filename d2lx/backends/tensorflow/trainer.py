@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from d2lx.backends.tensorflow.distributed import DataParallel, DataParallelStep, TFOps, ensure_logical_cpus
+from d2lx.backends.tensorflow.distributed import DataParallel, DataParallelStep, ensure_logical_cpus
 from d2lx.backends.tensorflow.models import SGD, optimizer_variables
 from d2lx.backends.tensorflow.module import Module, state_variables
+from d2lx.backends.tensorflow.ops import TFOps
 from d2lx.backends.tensorflow.step import TFStep
 from d2lx.data import DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
