@@ -582,7 +582,7 @@ def _sgd_reference(data: Any, lr: float, epochs: int) -> tuple[np.ndarray, np.nd
     for _ in range(epochs):
         batch_losses = []
         for X, y in data.train_dataloader():
-            X, y = X.numpy().astype(np.float64), y.numpy().astype(np.float64)
+            X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
             r = X @ w + b - y
             batch_losses.append(float((r**2 / 2).mean()))
             w, b = w - lr * X.T @ r / len(X), b - lr * r.mean(axis=0)
