@@ -15,6 +15,8 @@ on every process, so all of them stop at the same step if it is not finite.
 
 from __future__ import annotations
 
+import atexit
+import datetime
 import os
 from typing import Any
 
@@ -45,6 +47,32 @@ class _TrainingStep(nn.Module):
             return step_loss(self.model.training_step(batch), seen, "training_step")
 
 
+_EXIT_BARRIER_S = 60  #: how long a process waits at exit for the others (gloo)
+
+
+def _destroy_process_group() -> None:
+    """Take the process group down together, before the interpreter exits.
+
+    A gloo group left alive at exit, or destroyed by one process while
+    another still talks to it, is torn down with its threads still running,
+    and the C++ runtime aborts the process ("terminate called without an
+    active exception", SIGABRT) after a run that finished and wrote its
+    results: about one run in three on a 2-core CPU. So every process waits
+    for the others (a barrier; with gloo at most ``_EXIT_BARRIER_S``, since
+    a process that failed alone may never come), then destroys its group.
+    """
+    if not dist.is_initialized():
+        return
+    try:  # bounded where gloo allows: a process that failed alone must not keep the others waiting
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=_EXIT_BARRIER_S))
+        else:
+            dist.barrier()
+    except RuntimeError:
+        pass  # another process is gone already: nothing to wait for
+    dist.destroy_process_group()
+
+
 class DataParallel:
     """The process group, this process's rank and device, and the batch split."""
 
@@ -62,6 +90,7 @@ class DataParallel:
         self.spec = specs[self.local_rank % len(specs)]
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.spec.kind == "gpu" else "gloo")
+            atexit.register(_destroy_process_group)  # the group d2lx made, d2lx takes down
 
     def check_batches(self, num_examples: int, batch_size: int) -> None:
         """Refuse batches that would leave a device without examples."""
