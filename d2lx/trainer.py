@@ -78,6 +78,11 @@ class TrainerBase(Reporting, HyperParameters):
     backend_name: ClassVar[str] = "?"
     #: False for adapters without a fused path: they warn that steps_per_execution changes nothing.
     fuses_steps: ClassVar[bool] = True
+    #: The backend's ``d2l.Module`` class, its framework's name and what it is built on: the model
+    #: ``fit`` accepts, and the words of the error that refuses any other.
+    module_class: ClassVar[type] = ModuleBase
+    module_kind: ClassVar[str] = ""
+    module_base: ClassVar[str] = ""
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, gradient_clip_val: float = 0, *,
                  device: str | None = None, steps_per_execution: int = 1, progress: bool | None = None,
@@ -135,10 +140,13 @@ class TrainerBase(Reporting, HyperParameters):
                                    f"{self.strategy!r} yet; train on one device (devices=1)")
 
     def _check_model(self, model: Any) -> None:
-        if not isinstance(model, ModuleBase):
+        """Refuse anything but this backend's ``d2l.Module`` (``module_class``), naming the fix."""
+        if not isinstance(model, self.module_class):
+            kind = f"d2lx {self.module_kind} modules" if self.module_kind else "a d2lx Module"
+            base = f" ({self.module_base})" if self.module_base else ""
             raise ArgumentTypeError(
-                f"fit() trains a d2lx Module, got {type(model).__name__}; subclass "
-                f"d2l.Module of `from d2lx import {self.backend_name} as d2l` for your model")
+                f"the {self.backend_name} Trainer trains {kind}, got {type(model).__name__}; subclass "
+                f"d2l.Module{base} of `from d2lx import {self.backend_name} as d2l` for your model")
 
     def _place_model(self, model: Any, example: Batch) -> None:
         raise NotImplementedError

@@ -23,6 +23,7 @@ import d2lx
 from d2lx import outputs
 from d2lx.checkpoint import ModelCheckpoint
 from d2lx.data import ArrayData, DataModule, SyntheticRegressionData
+from d2lx.module import ModuleBase
 
 
 def _cli(backend: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,10 +90,19 @@ def test_weights_and_gradients_before_fit_are_a_not_fitted_error(d2l: Any) -> No
         d2l.LinearRegressionScratch(2, lr=0.1).get_grads()
 
 
-def test_fitting_something_that_is_not_a_d2lx_module_says_what_to_subclass(d2l: Any) -> None:
+def test_fitting_something_that_is_not_a_d2lx_module_says_what_to_subclass(d2l: Any, backend_name: str
+                                                                           ) -> None:
     data = SyntheticRegressionData(w=[1.0], b=0.0, num_train=16, batch_size=8)
-    with pytest.raises(d2lx.ArgumentTypeError, match=r"d2l\.Module"):
+    fix = (rf"the {backend_name} Trainer trains d2lx \w+ modules, got object; subclass d2l\.Module \(an? "
+           rf"[\w.]+.*\) of `from d2lx import {backend_name} as d2l` for your model")
+    with pytest.raises(d2lx.ArgumentTypeError, match=fix):
         d2l.Trainer(max_epochs=1, progress=False).fit(object(), data)
+
+    class FrameworkFree(ModuleBase):  # d2lx's core Module, not this backend's
+        pass
+
+    with pytest.raises(d2lx.ArgumentTypeError, match=fix.replace("got object", "got FrameworkFree")):
+        d2l.Trainer(max_epochs=1, progress=False).fit(FrameworkFree(), data)
 
 
 def test_a_huber_sigma_without_the_huber_loss_is_refused(d2l: Any) -> None:

@@ -55,6 +55,9 @@ class Trainer(TrainerBase):
     """
 
     backend_name = "jax"
+    module_class = Module
+    module_kind = "JAX"
+    module_base = "a flax linen Module"
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, gradient_clip_val: float = 0, *,
                  matmul_precision: str = "highest", **kwargs: Any) -> None:
@@ -125,11 +128,6 @@ class Trainer(TrainerBase):
                            self._placement)
         self._tx_key = "configure_optimizers" if configured else ByIdentity(tx)
         self._specs = {}
-
-    def _check_model(self, model: Any) -> None:
-        if not isinstance(model, Module):
-            raise ArgumentTypeError(f"the JAX Trainer trains d2lx JAX modules (subclasses of d2l.Module of "
-                                    f"`from d2lx import jax as d2l`), got {type(model).__name__}")
 
     def prepare_model(self, model: Any) -> None:
         self._check_model(model)

@@ -14,7 +14,7 @@ from d2lx.backends.mxnet.module import Module, plain_arrays
 from d2lx.backends.mxnet.ops import MXNetOps
 from d2lx.backends.mxnet.step import MXNetStep
 from d2lx.devices import DeviceSpec, gpu_unavailable
-from d2lx.errors import ArgumentTypeError, CheckpointError
+from d2lx.errors import CheckpointError
 from d2lx.loader import ArrayLoader, Batch
 from d2lx.step import Step
 from d2lx.trainer import TrainerBase
@@ -33,6 +33,9 @@ class Trainer(TrainerBase):
     """
 
     backend_name = "mxnet"
+    module_class = Module
+    module_kind = "MXNet"
+    module_base = "a gluon.Block"
     fuses_steps = False
     _dp: DataParallel | None = None
 
@@ -58,12 +61,6 @@ class Trainer(TrainerBase):
 
     def _array_ops(self) -> MXNetOps:
         return MXNetOps(self.device)
-
-    def _check_model(self, model: Any) -> None:
-        if not isinstance(model, Module):
-            raise ArgumentTypeError(
-                f"the mxnet Trainer trains d2lx MXNet modules, got {type(model).__name__}; subclass "
-                "d2l.Module (a gluon.Block) of `from d2lx import mxnet as d2l` for your model")
 
     def _place_model(self, model: Any, example: Batch) -> None:
         if self._dp is not None and isinstance(self.train_dataloader, ArrayLoader):

@@ -86,6 +86,9 @@ class Trainer(TrainerBase):
     """
 
     backend_name = "tensorflow"
+    module_class = Module
+    module_kind = "TensorFlow"
+    module_base = "a tf.keras.Model"
 
     #: Whether ``tf.function`` runs AutoGraph over the step. d2lx's own loop uses
     #: ``tf.while_loop``/``tf.cond`` directly and d2l's ``training_step`` code has
@@ -150,12 +153,6 @@ class Trainer(TrainerBase):
         scope = self._dp.strategy.scope() if self._dp is not None else contextlib.nullcontext()
         with tf.device(self.device), scope:
             return super().fit(model, data, ckpt_path)
-
-    def _check_model(self, model: Any) -> None:
-        if not isinstance(model, Module):
-            raise ArgumentTypeError(
-                f"the tensorflow Trainer trains d2lx TensorFlow modules, got {type(model).__name__}; "
-                "subclass d2l.Module (a tf.keras.Model) of `from d2lx import tensorflow as d2l`")
 
     def _place_model(self, model: Any, example: Batch) -> None:
         if self._dp is not None and isinstance(self.train_dataloader, ArrayLoader):

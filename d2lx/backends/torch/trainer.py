@@ -12,7 +12,7 @@ from d2lx.backends.torch.module import Module, trainable_tensors
 from d2lx.backends.torch.ops import TorchOps
 from d2lx.backends.torch.step import TorchStep
 from d2lx.devices import DeviceSpec, gpu_unavailable
-from d2lx.errors import ArgumentTypeError, CheckpointError
+from d2lx.errors import CheckpointError
 from d2lx.loader import Batch
 from d2lx.step import Step
 from d2lx.trainer import TrainerBase
@@ -26,6 +26,9 @@ class Trainer(TrainerBase):
     """
 
     backend_name = "torch"
+    module_class = Module
+    module_kind = "PyTorch"
+    module_base = "an nn.Module"
     fuses_steps = False
     _dp: DataParallel | None = None
 
@@ -49,12 +52,6 @@ class Trainer(TrainerBase):
 
     def _array_ops(self) -> TorchOps:
         return TorchOps(self.device)
-
-    def _check_model(self, model: Any) -> None:
-        if not isinstance(model, Module):
-            raise ArgumentTypeError(
-                f"the torch Trainer trains d2lx PyTorch modules, got {type(model).__name__}; subclass "
-                "d2l.Module (an nn.Module) of `from d2lx import torch as d2l` for your model")
 
     def _place_model(self, model: Any, example: Batch) -> None:
         if self._dp is not None and hasattr(self.train_dataloader, "num_examples"):
