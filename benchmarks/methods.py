@@ -130,6 +130,15 @@ def silent_board() -> Any:
     return SilentBoard()
 
 
+def fit_default(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen, module: Any,
+                board: bool = True) -> None:
+    """One ``Trainer.fit`` with default options on a fresh model (``board=False``: a silent board)."""
+    model = d2lx_model(ns, loop_mod, w, init)
+    if not board:
+        model.board = silent_board()
+    ns.Trainer(max_epochs=w.epochs, progress=False).fit(model, module)
+
+
 def time_board_share(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, init: Frozen,
                      repeats: int) -> dict[str, Any]:
     """What d2l's board costs a fit: ``d2lx_step`` with the model's board and with a silent one.
@@ -139,16 +148,10 @@ def time_board_share(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
     board's part of the fit's median time (noise can make it negative).
     """
     module = d2lx_data(ns, loop_mod, w, data)
-
-    def fit(board: bool) -> Any:
-        model = d2lx_model(ns, loop_mod, w, init)
-        if not board:
-            model.board = silent_board()
-        ns.Trainer(max_epochs=w.epochs, progress=False).fit(model, module)
-        return model
-
     try:
-        with_board, without = time_interleaved(lambda: fit(True), lambda: fit(False), repeats)
+        with_board, without = time_interleaved(lambda: fit_default(ns, loop_mod, w, init, module),
+                                               lambda: fit_default(ns, loop_mod, w, init, module, False),
+                                               repeats)
     except Exception as exc:  # reported, not fatal
         return error(exc)
     a, b = float(np.median(with_board)), float(np.median(without))
@@ -167,26 +170,11 @@ def time_alternating(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
     conditions, so ``ratio`` (median over median) is what the per-step
     target is judged on; the blocks' own ratio stays in the table.
     """
-    from d2lx.seeding import generator
-
     module = d2lx_data(ns, loop_mod, w, data)
-    arrays = splits(data, w)
-
-    def fit() -> None:
-        model = d2lx_model(ns, loop_mod, w, init)
-        ns.Trainer(max_epochs=w.epochs, progress=False).fit(model, module)
-
-    if w.loader == "framework":
-        X, y, X_val, y_val = arrays
-        train = loop_mod.make_loader(X, y, w.batch_size, True, SEED)
-        val = loop_mod.make_loader(X_val, y_val, w.batch_size, False, SEED)
-        loader_loop = loop_mod.LoaderLoop(train, val, lr_of(w), init, variant)
-        loop: Callable[[], Any] = functools.partial(loader_loop.run, w.epochs)
-    else:
-        array_loop = loop_mod.ArrayLoop(w.model, arrays, lr_of(w), w.batch_size, init, variant)
-        loop = functools.partial(array_loop.run, w.epochs, generator("shuffle", SEED))
     try:
-        d2lx_samples, loop_samples = time_interleaved(fit, loop, repeats)
+        loop = loop_runner(loop_mod, w, splits(data, w), init, variant)
+        d2lx_samples, loop_samples = time_interleaved(lambda: fit_default(ns, loop_mod, w, init, module),
+                                                      loop, repeats)
     except Exception as exc:  # reported, not fatal
         return error(exc)
     a, b = float(np.median(d2lx_samples)), float(np.median(loop_samples))
@@ -195,6 +183,22 @@ def time_alternating(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
 
 
 # -- the hand-written loop ---------------------------------------------------------------------------
+def loop_runner(loop_mod: ModuleType, w: Workload, arrays: tuple[np.ndarray, ...], init: Frozen,
+                variant: str) -> Callable[[], dict[str, Any]]:
+    """One run of the hand-written loop ``variant``: over the framework's loaders, or over arrays with
+    d2lx's shuffle stream (the same orders as ``d2lx_step``)."""
+    from d2lx.seeding import generator
+
+    if w.loader == "framework":
+        X, y, X_val, y_val = arrays
+        train = loop_mod.make_loader(X, y, w.batch_size, True, SEED)
+        val = loop_mod.make_loader(X_val, y_val, w.batch_size, False, SEED)
+        loader_loop = loop_mod.LoaderLoop(train, val, lr_of(w), init, variant)
+        return functools.partial(loader_loop.run, w.epochs)
+    array_loop = loop_mod.ArrayLoop(w.model, arrays, lr_of(w), w.batch_size, init, variant)
+    return functools.partial(array_loop.run, w.epochs, generator("shuffle", SEED))
+
+
 def time_loop(loop_mod: ModuleType, w: Workload, data: Any, init: Frozen, repeats: int) -> dict[str, Any]:
     """Every variant of the framework's hand-written loop; the fastest is "the loop".
 
@@ -202,24 +206,11 @@ def time_loop(loop_mod: ModuleType, w: Workload, data: Any, init: Frozen, repeat
     runs as many times as ``d2lx_step`` fits, so its last run trains on the
     same orders as ``d2lx_step``'s last run: their final losses agree.
     """
-    from d2lx.seeding import generator
-
     arrays = splits(data, w)
     by_variant: dict[str, Any] = {}
     for variant in loop_mod.variants("loader" if w.loader == "framework" else w.model):
         try:
-            if w.loader == "framework":
-                X, y, X_val, y_val = arrays
-                train = loop_mod.make_loader(X, y, w.batch_size, True, SEED)
-                val = loop_mod.make_loader(X_val, y_val, w.batch_size, False, SEED)
-                loader_loop = loop_mod.LoaderLoop(train, val, lr_of(w), init, variant)
-                run: Callable[[], dict[str, Any]] = functools.partial(loader_loop.run, w.epochs)
-            else:
-                array_loop = loop_mod.ArrayLoop(w.model, arrays, lr_of(w), w.batch_size, init, variant)
-                rng = generator("shuffle", SEED)  # d2lx's shuffle stream: the same orders as d2lx_step
-                run = functools.partial(array_loop.run, w.epochs, rng)
-
-            samples, res, warm = time_repeats(run, repeats)
+            samples, res, warm = time_repeats(loop_runner(loop_mod, w, arrays, init, variant), repeats)
         except Exception as exc:  # a variant that fails is reported, not fatal
             by_variant[variant] = error(exc)
             continue
