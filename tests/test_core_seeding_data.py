@@ -28,6 +28,9 @@ class NumpyOps:
     def take(self, array, indices):  # type: ignore[no-untyped-def]
         return array[indices]
 
+    def split(self, array, size):  # type: ignore[no-untyped-def]
+        return [array[i:i + size] for i in range(0, len(array), size)]
+
 
 def test_same_seed_same_data_and_different_seed_differs() -> None:
     a = SyntheticRegressionData(w=[2, -3.4], b=4.2, seed=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ class JaxOps:
     def take(self, array: jax.Array, indices: jax.Array) -> jax.Array:
         return jnp.take(array, indices, axis=0)
 
+    def split(self, array: jax.Array, size: int) -> Sequence[jax.Array]:
+        return _split(array, size)
+
     def to_device(self, value: Any) -> jax.Array:
         if isinstance(value, jax.core.Tracer):  # inside the compiled step (a reader's prepare_batch)
             return value  # the computation's placement decides
@@ -62,6 +66,12 @@ class JaxOps:
             return np.asarray(jax.device_get(_stack_scalars(*values)), dtype=np.float64)
         host = values if all(isinstance(v, np.ndarray) for v in values) else jax.device_get(list(values))
         return np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in host])
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split(array: jax.Array, size: int) -> list[jax.Array]:
+    n = array.shape[0]
+    return jnp.split(array, list(range(size, n, size))) if n > size else [array]
 
 
 @jax.jit

@@ -46,6 +46,10 @@ class MXNetOps:
     def take(self, array: np.ndarray, indices: np.ndarray) -> np.ndarray:
         return np.take(array, indices, axis=0)
 
+    def split(self, array: np.ndarray, size: int) -> Sequence[np.ndarray]:
+        # Slices, not np.split: a row slice is a view, where np.split copies every batch
+        return [array[i:i + size] for i in range(0, array.shape[0], size)]
+
     def to_device(self, value: Any) -> np.ndarray:
         """MXNet arrays move with ``as_in_ctx`` only if elsewhere; host values become float32 arrays.
 

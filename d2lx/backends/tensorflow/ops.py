@@ -63,6 +63,11 @@ class TFOps:
         with tf.device(self.device):
             return tf.gather(array, indices, axis=0)
 
+    def split(self, array: tf.Tensor, size: int) -> Sequence[tf.Tensor]:
+        full, rest = divmod(int(array.shape[0]), size)
+        with tf.device(self.device):
+            return tf.split(array, [size] * full + ([rest] if rest else []))
+
     def to_device(self, value: Any) -> Any:
         """NumPy (float64 narrowed to float32) onto the device; a tensor only if it lives elsewhere.
 

@@ -29,6 +29,9 @@ class TorchOps:
     def take(self, array: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return array.index_select(0, indices)
 
+    def split(self, array: torch.Tensor, size: int) -> Sequence[torch.Tensor]:
+        return torch.split(array, size)  # views
+
     def to_device(self, value: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
             return value if value.device == self.device else value.to(self.device, non_blocking=True)
