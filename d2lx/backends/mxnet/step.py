@@ -92,8 +92,11 @@ class MXNetStep:
 
     def train(self, batch: Batch) -> np.ndarray:
         loss = self._loss(batch)
+        # backward is queued before the guard's read of the loss: while the host waits for the
+        # forward pass, the engine goes on into the backward pass (gradients are only written; the
+        # update, which the guard decides on, comes after)
+        loss.backward()
         if self.accepts(loss, batch):
-            loss.backward()
             self.update()
             self.guard.applied()
         return loss.detach()
