@@ -220,7 +220,11 @@ class TrainerBase(Reporting, HyperParameters):
         if check is not None:  # the whole data set's shapes where d2lx holds it, else a batch's
             arrays = getattr(self.train_dataloader, "tensors", self._example)
             check(tuple(arrays[0].shape), tuple(arrays[-1].shape))
-        self._place_model(model, self.prepare_batch(self._example))
+        self._place_model(model, self._model_example())
+
+    def _model_example(self) -> Batch:
+        """The batch the model is built from: the first one, prepared as the step will see it."""
+        return self.prepare_batch(self._example)
 
     def fit(self, model: Any, data: DataModule, ckpt_path: str | Path | None = None) -> History:
         """Train ``model`` on ``data`` for ``max_epochs`` epochs; return the history.

@@ -31,12 +31,12 @@ from d2lx.backends.jax.compiled import (
 from d2lx.backends.jax.distributed import make_mesh
 from d2lx.backends.jax.module import ByIdentity, Module, Params, TrainState, module_key, strip_state
 from d2lx.backends.jax.ops import JaxOps, gpu_devices, place
-from d2lx.backends.jax.step import JaxStep
+from d2lx.backends.jax.step import JaxStep, order_transfer
 from d2lx.data import DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
 from d2lx.errors import ArgumentTypeError, CheckpointError, DeviceUnavailableError, InvalidArgumentError
 from d2lx.history import History
-from d2lx.loader import Batch
+from d2lx.loader import Batch, host_array
 from d2lx.seeding import resolve_seed
 from d2lx.trainer import TrainerBase
 
@@ -139,11 +139,24 @@ class Trainer(TrainerBase):
         self.last_grads = model.__dict__.get("_parked_grads")
         super().prepare_model(model)
 
+    def _model_example(self) -> Batch:
+        """The first batch as the loader gave it, unless the reader prepares batches their own way.
+
+        Only its first row's shapes reach ``init`` (through the jitted
+        ``_first_rows``, whose C++ dispatch copies a NumPy row for about
+        10 us, where ``prepare_batch``'s ``device_put`` of the whole batch
+        costs a few hundred).
+        """
+        if type(self).prepare_batch is not TrainerBase.prepare_batch:
+            return super()._model_example()
+        return tuple(a if isinstance(a, jax.Array) else host_array(a) for a in self._example)
+
     def _place_model(self, model: Any, example: Batch) -> None:
         if self._key is None:
             self._key = _default_key(model, self._placement)
         params_key, _, _ = _run_keys(self._key, self._placement)
-        dummy = _first_rows(tuple(example[:-1]))
+        with order_transfer():  # the NumPy rows of _model_example, also under a transfer guard
+            dummy = _first_rows(tuple(example[:-1]))
         model._parked_params = place(model.initial_params(dummy, params_key), self._placement)
 
     def fit(self, model: Any, data: DataModule, ckpt_path: Any = None,
