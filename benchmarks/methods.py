@@ -59,10 +59,13 @@ def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx
               init: Frozen, repeats: int, spe: int) -> dict[str, Any]:
     """``Trainer(steps_per_execution=spe).fit`` on a fresh model per run (the data module is reused)."""
 
+    epochs: list[float] = []  # the trainer's own clock of each epoch (History.seconds), every run
+
     def run() -> tuple[Any, dict[str, Any] | None]:
         model = d2lx_model(ns, loop_mod, w, init)
         trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False)
         trainer.fit(model, d2lx_data_module)
+        epochs.extend(trainer.history.seconds)
         params = None
         if w.model != "mlp":
             w_hat, b_hat = model.get_w_b()
@@ -70,7 +73,9 @@ def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx
         return trainer, params
 
     samples, (trainer, params), warm = time_repeats(run, repeats)
+    timed_epochs = epochs[-repeats * w.epochs:]  # not the warm-up's
     out = {"status": "ok", **summarize(samples, w, warm),
+           "epoch_median_s": float(np.median(timed_epochs)),
            **quality(params, trainer.history.train_loss, trainer.history.val_loss, data)}
     seconds = list(trainer.history.seconds)
     if len(seconds) > 1:  # epochs after the first: no tracing/compiling inside

@@ -5,6 +5,13 @@ compilation, which a training job pays once and a benchmark must not count
 per step; the garbage collector would otherwise fire at random inside a
 timed run (most of all on the Python-heavy per-step paths). Medians and the
 interquartile range are robust to the odd slow repeat of a busy machine.
+
+The garbage is collected once before a series, not before every run: with
+TensorFlow or JAX loaded a full collection takes about 0.2 s, and a run that
+starts right after such a pause is slower (on this 2-core VM one large JAX
+epoch took 19 ms when runs followed each other, 23-31 ms after a
+collection, 40 ms after a 0.1 s sleep): that is the machine waking up, not
+the method, and it would weigh most on the shortest runs.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from benchmarks.workloads import Workload
 
 
 def time_repeats(run: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[list[float], Any, float]:
-    """Call ``run`` ``warmup`` times, then ``repeats`` times timed with the GC paused.
+    """Call ``run`` ``warmup`` times, then ``repeats`` times timed, the GC paused for the series.
 
     Returns the timed samples, the last output, and the seconds the warm-up
     took (where tracing and compiling show).
@@ -31,34 +38,34 @@ def time_repeats(run: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple
         out = run()
     warmup_s = time.perf_counter() - start
     samples = []
-    for _ in range(repeats):
-        gc.collect()
-        gc.disable()
-        try:
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
             start = time.perf_counter()
             out = run()
             samples.append(time.perf_counter() - start)
-        finally:
-            gc.enable()
+    finally:
+        gc.enable()
     return samples, out, warmup_s
 
 
 def time_interleaved(a: Callable[[], Any], b: Callable[[], Any], repeats: int
                      ) -> tuple[list[float], list[float]]:
-    """Time ``a`` and ``b`` alternately (after one warm-up call each), GC paused: their samples."""
+    """Time ``a`` and ``b`` alternately (after one warm-up call each), GC paused for the series."""
     a()
     b()
     samples: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, out in ((a, samples[0]), (b, samples[1])):
-            gc.collect()
-            gc.disable()
-            try:
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for fn, out in ((a, samples[0]), (b, samples[1])):
                 start = time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - start)
-            finally:
-                gc.enable()
+    finally:
+        gc.enable()
     return samples
 
 
