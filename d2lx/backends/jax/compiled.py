@@ -58,7 +58,9 @@ class Carry(NamedTuple):
     #: 1 + index in d2lx.step.CAUSES of why (0: none), steps done in this epoch]. One array, not
     #: four: each array a compiled call takes and returns costs about a microsecond of dispatch.
     status: jax.Array
-    losses: jax.Array  # float32[steps]: each step's loss at its index (empty for single batches)
+    #: float32[steps]: each step's loss at its index; ``None`` for single batches (the loss is returned),
+    #: so their calls pass and return no array for it (every array is dispatch time on a small step)
+    losses: jax.Array | None
 
     @property
     def diverged(self) -> jax.Array:
@@ -151,7 +153,7 @@ def train_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> tu
                         jnp.where(first_bad, carry.pos, carry.status[1]),
                         jnp.where(first_bad, cause, carry.status[2]), carry.pos + 1])
     new = Carry(state=new_state, grads=grads, status=status,
-                losses=carry.losses.at[carry.pos].set(loss) if carry.losses.shape[0] else carry.losses)
+                losses=None if carry.losses is None else carry.losses.at[carry.pos].set(loss))
     return new, loss
 
 
@@ -223,12 +225,13 @@ def finish(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[jax.Array, .
     val_losses = (jnp.zeros((0,), jnp.float32) if val is None
                   else evaluate(spec, carry.state, rng, val, val_batch_size))
     flags = carry.status[:3].astype(jnp.float32)
-    return jnp.concatenate([carry.losses, flags, val_losses])
+    losses = jnp.zeros((0,), jnp.float32) if carry.losses is None else carry.losses
+    return jnp.concatenate([losses, flags, val_losses])
 
 
-def fresh_flags(steps: int) -> tuple[jax.Array, jax.Array]:
+def fresh_flags(steps: int) -> tuple[jax.Array, jax.Array | None]:
     """The status "not diverged, no bad step, no cause, position 0" and room for ``steps`` losses."""
-    return jnp.array([0, -1, 0, 0], jnp.int32), jnp.zeros((steps,), jnp.float32)
+    return jnp.array([0, -1, 0, 0], jnp.int32), jnp.zeros((steps,), jnp.float32) if steps else None
 
 
 def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
