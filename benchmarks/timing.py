@@ -6,12 +6,15 @@ per step; the garbage collector would otherwise fire at random inside a
 timed run (most of all on the Python-heavy per-step paths). Medians and the
 interquartile range are robust to the odd slow repeat of a busy machine.
 
-The garbage is collected once before a series, not before every run: with
-TensorFlow or JAX loaded a full collection takes about 0.2 s, and a run that
-starts right after such a pause is slower (on this 2-core VM one large JAX
-epoch took 19 ms when runs followed each other, 23-31 ms after a
-collection, 40 ms after a 0.1 s sleep): that is the machine waking up, not
-the method, and it would weigh most on the shortest runs.
+Garbage: one full collection before a series; before each timed run only
+the young generations, which hold what the previous run left (a tenth of a
+millisecond). A full collection walks every object of the loaded frameworks
+(about 0.2 s with TensorFlow or JAX), and a run that starts right after such
+a pause is slower on this VM (one large JAX epoch: 18-21 ms after a young
+collection or none, 27 ms after a full one, 40 ms after a 0.1 s sleep):
+that is the machine waking up, not the method, and it weighed most on the
+shortest runs. Without any collection, the cycles each fit leaves (with
+their arrays) would pile up over a series.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from benchmarks.workloads import Workload
 
 
 def time_repeats(run: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[list[float], Any, float]:
-    """Call ``run`` ``warmup`` times, then ``repeats`` times timed, the GC paused for the series.
+    """Call ``run`` ``warmup`` times, then ``repeats`` times timed, the GC paused (see the module doc).
 
     Returns the timed samples, the last output, and the seconds the warm-up
     took (where tracing and compiling show).
@@ -42,6 +45,8 @@ def time_repeats(run: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple
     gc.disable()
     try:
         for _ in range(repeats):
+            out = None  # (the last run's output is garbage for the young collection)
+            gc.collect(1)
             start = time.perf_counter()
             out = run()
             samples.append(time.perf_counter() - start)
@@ -52,7 +57,7 @@ def time_repeats(run: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple
 
 def time_interleaved(a: Callable[[], Any], b: Callable[[], Any], repeats: int
                      ) -> tuple[list[float], list[float]]:
-    """Time ``a`` and ``b`` alternately (after one warm-up call each), GC paused for the series."""
+    """Time ``a`` and ``b`` alternately (after one warm-up call each), GC as in :func:`time_repeats`."""
     a()
     b()
     samples: tuple[list[float], list[float]] = ([], [])
@@ -61,6 +66,7 @@ def time_interleaved(a: Callable[[], Any], b: Callable[[], Any], repeats: int
     try:
         for _ in range(repeats):
             for fn, out in ((a, samples[0]), (b, samples[1])):
+                gc.collect(1)
                 start = time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - start)
