@@ -21,7 +21,7 @@ from benchmarks.keras_worker import KERAS_BACKENDS, run_keras
 from benchmarks.loops import Frozen
 from benchmarks.methods import time_alternating, time_board_share, time_d2lx_methods, time_loop
 from benchmarks.report import machine_info
-from benchmarks.targets import STEP_GROUPS, check_targets, ratios
+from benchmarks.targets import STEP_GROUPS, best_epoch, check_targets, ratios
 from benchmarks.timing import numpy_copy, skipped
 from benchmarks.workloads import LR, MLP_LR, SEED, Workload, initial_params, make_data, numpy_loss, splits
 
@@ -112,6 +112,7 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
         else:
             r["methods"]["keras"] = {"status": keras_info["status"], "reason": keras_info.get("reason")}
         r["ratios"] = ratios(r["methods"], r["numpy_copy"], w, r["board"], r["alternating"])
+        r["best_epoch_s"] = best_epoch(r["methods"])
     doc = {
         "schema": SCHEMA,
         "smoke": smoke,

@@ -150,6 +150,7 @@ def test_ratios_are_the_medians(doc: dict, fuses: bool) -> None:
             timed = [ms["d2lx_step"]] + ([ms["d2lx_fused"]] if ms["d2lx_fused"]["status"] == "ok" else [])
             best = min(m["epoch_median_s"] for m in timed)
             assert 0 < best <= min(m["median_s"] for m in timed) / w.epochs
+            assert r["best_epoch_s"] == pytest.approx(best)
             assert ra["fused_over_copy"] == pytest.approx(best / copy["median_s"])
             assert ra["bandwidth_fraction"] == pytest.approx(w.bytes_per_epoch / best / 1e9 / copy["gbps"])
         else:  # tiny and not in the "large" group: no NumPy copy, no bandwidth ratios
