@@ -133,6 +133,11 @@ class JaxStep:
         return divergence
 
 
+def host_batch(batch: Batch) -> Batch:
+    """``batch`` with every array that is not JAX's as NumPy (float64 to float32), for a jitted call."""
+    return tuple(a if isinstance(a, jax.Array) else host_array(a) for a in batch)
+
+
 def _call_with_host_arrays(fn: Callable[..., Any], carry: Any, rng: jax.Array, batch: Batch) -> Any:
     """``fn(carry, rng, batch)`` where the batch may hold host arrays (NumPy, other frameworks').
 
@@ -142,7 +147,7 @@ def _call_with_host_arrays(fn: Callable[..., Any], carry: Any, rng: jax.Array, b
     user's ``jax.transfer_guard`` the copy is allowed explicitly, as it is
     the one d2lx means to make.
     """
-    batch = tuple(a if isinstance(a, jax.Array) else host_array(a) for a in batch)
+    batch = host_batch(batch)
     if jax.config.jax_transfer_guard_host_to_device in (None, "allow") \
             and jax.config.jax_transfer_guard in (None, "allow"):
         return fn(carry, rng, batch)

@@ -31,12 +31,12 @@ from d2lx.backends.jax.compiled import (
 from d2lx.backends.jax.distributed import make_mesh
 from d2lx.backends.jax.module import ByIdentity, Module, Params, TrainState, module_key, strip_state
 from d2lx.backends.jax.ops import JaxOps, gpu_devices, place
-from d2lx.backends.jax.step import JaxStep, order_transfer
+from d2lx.backends.jax.step import JaxStep, host_batch, order_transfer
 from d2lx.data import DataModule
 from d2lx.devices import DeviceSpec, gpu_unavailable
 from d2lx.errors import ArgumentTypeError, CheckpointError, DeviceUnavailableError, InvalidArgumentError
 from d2lx.history import History
-from d2lx.loader import Batch, host_array
+from d2lx.loader import Batch
 from d2lx.seeding import resolve_seed
 from d2lx.trainer import TrainerBase
 
@@ -149,7 +149,7 @@ class Trainer(TrainerBase):
         """
         if type(self).prepare_batch is not TrainerBase.prepare_batch:
             return super()._model_example()
-        return tuple(a if isinstance(a, jax.Array) else host_array(a) for a in self._example)
+        return host_batch(self._example)
 
     def _place_model(self, model: Any, example: Batch) -> None:
         if self._key is None:
