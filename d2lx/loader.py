@@ -57,11 +57,12 @@ class ArrayOps(Protocol):
         ...
 
     def split(self, array: Any, size: int) -> Sequence[Any]:
-        """``array`` cut into consecutive batches of ``size`` rows (the last may be shorter), in one call.
+        """``array`` cut into consecutive batches of ``size`` rows (the last may be shorter).
 
-        One framework call for an epoch's batches: slicing batch by batch
-        costs a dispatch per batch and array (on the CPU about 2 us in
-        PyTorch, 6 in MXNet, 50 in JAX and 100 in eager TensorFlow).
+        One framework call for a block's batches where the framework has one
+        that does not copy: slicing batch by batch costs a dispatch per batch
+        and array (on the CPU about 2 us in PyTorch, 50 in JAX and 100 in
+        eager TensorFlow). MXNet's ``np.split`` copies, so MXNet slices.
         """
         ...
 

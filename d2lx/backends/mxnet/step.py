@@ -9,8 +9,8 @@ the losses are already minibatch means, so any other value would shrink the
 step (and by a different factor on the shorter last batch).
 
 The guard (:class:`d2lx.guard.EagerGuard`) reads the loss once per step,
-after the forward pass and before ``backward`` and the update, so a
-non-finite loss never lands.
+after ``backward`` is queued and before the update, so a non-finite loss
+never lands (its gradients are written, not applied).
 """
 
 from __future__ import annotations
