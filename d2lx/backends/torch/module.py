@@ -41,19 +41,27 @@ class Module(ModuleBase, nn.Module):
             self.net.apply(init)
 
     def materialize(self, example: Sequence[Any], device: torch.device) -> None:
-        """Move the model to ``device``; build lazy layers from a real batch's inputs.
+        """Build lazy layers from a real batch's inputs, then move the model to ``device``.
 
-        A d2l-style scratch model's ``requires_grad`` tensor attributes are
-        moved too (``Module.to`` only moves parameters and buffers); the
-        optimizer is made after this, so it holds the moved tensors.
+        Lazy layers are built where the model already is (the CPU, unless
+        the reader moved it), so their initial weights come from the same
+        generator whatever the trainer's device: a run on a GPU starts where
+        the same run on the CPU starts (built on the GPU, they would draw
+        from the CUDA generator instead). A d2l-style scratch model's
+        ``requires_grad`` tensor attributes are moved too (``Module.to``
+        only moves parameters and buffers); the optimizer is made after
+        this, so it holds the moved tensors.
         """
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters()):
+            home = next((t.device for t in (*self.parameters(), *self.buffers())
+                         if not isinstance(t, nn.parameter.UninitializedTensorMixin)), torch.device("cpu"))
+            inputs = [t.to(home) if isinstance(t, torch.Tensor) else t for t in example[:-1]]
+            with torch.no_grad():
+                self(*inputs)
         self.to(device)
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor) and value.requires_grad and value.device != device:
                 setattr(self, name, value.detach().to(device).requires_grad_(True))
-        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.parameters()):
-            with torch.no_grad():
-                self(*example[:-1])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The model's output for a NumPy batch, as NumPy float32 (framework-free)."""
