@@ -14,13 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.workloads import GROUPS, select
+from benchmarks.workloads import DEFAULT_GROUPS, GROUPS, select
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SPE = (8, 32, 128, 1024)
 #: Timed runs per method: many for the short seed runs, fewer where one run takes seconds.
-REPEATS = {"seed": 11, "large": 5, "mlp": 5, "loader": 5, "sweep": 3}
-QUICK_REPEATS = {"seed": 3, "large": 3, "mlp": 3, "loader": 3, "sweep": 2}
+REPEATS = {"seed": 11, "large": 5, "mlp": 5, "loader": 5, "sweep": 3, "gpu": 7}
+QUICK_REPEATS = {"seed": 3, "large": 3, "mlp": 3, "loader": 3, "sweep": 2, "gpu": 3}
 
 
 class UsageError(Exception):
@@ -31,12 +31,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--backend", default=None,
                    help="the one backend to time (default: $D2LX_BACKEND or torch)")
-    p.add_argument("--only", default=",".join(GROUPS), metavar="GROUP,...",
-                   help=f"workload groups to run, a comma list of {', '.join(GROUPS)} (default: all)")
+    p.add_argument("--only", default=",".join(DEFAULT_GROUPS), metavar="GROUP,...",
+                   help=f"workload groups to run, a comma list of {', '.join(GROUPS)} (default: all but "
+                        "gpu, which needs a GPU and times torch or jax there)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny sizes, 2-3 repeats, labelled smoke, written to results/smoke/")
     p.add_argument("--repeats", default=None, metavar="N",
-                   help="timed runs per method, N >= 1 (default: seed 11, large/mlp/loader 5, sweep 3)")
+                   help="timed runs per method, N >= 1 (default: seed 11, large/mlp/loader 5, sweep 3, "
+                        "gpu 7)")
     p.add_argument("--spe", default=",".join(map(str, DEFAULT_SPE)), metavar="N,...",
                    help="steps_per_execution values for fused d2lx and Keras (default: %(default)s)")
     p.add_argument("--no-keras", action="store_true", help="skip Keras 3 fit")
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except D2lxError as exc:
             raise UsageError(str(exc)) from None
         from benchmarks.report import format_report
-        from benchmarks.runner import FrameworkMissing, run_backend
+        from benchmarks.runner import FrameworkMissing, GpuMissing, run_backend
 
         default = HERE / "results" / ("smoke" if args.quick else "") / f"{backend}.json"
         out = Path(args.out) if args.out else default
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc = run_backend(backend, select(groups, args.quick), repeats=repeats, spe_values=spe,
                               keras=not args.no_keras, smoke=args.quick,
                               log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
-        except FrameworkMissing as exc:
+        except (FrameworkMissing, GpuMissing) as exc:
             raise UsageError(str(exc)) from None
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from typing import Any
 #: This version's documents, and the previous one (seed and sweep tables only).
 SCHEMAS = ("d2lx-bench/2", "d2lx-bench/1")
 METHODS = (("d2lx_step", "d2lx step"), ("d2lx_fused", "d2lx fused"), ("loop", "hand-written loop"),
-           ("keras", "Keras 3 fit"))
+           ("keras", "Keras 3 fit"), ("d2lx_unchecked", "d2lx step, check_finite=False"))
 
 #: The per-step ratios every group shows: the blocks' medians, and the alternating run's (the target's).
 STEP_RATIOS = (("step_over_loop", "step / loop"), ("step_over_loop_alternating", "step / loop, alternating"))
@@ -46,7 +46,14 @@ GROUPS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, str], .
     "loader": ("Framework-loader workload (the framework's own loader, concise model)",
                "epoch_ms", "milliseconds per epoch, validation included",
                ("d2lx_step", "loop"), STEP_RATIOS),
+    "gpu": ("GPU workload (the large workload scaled to 1,000,000 x 256, on GPU 0)",
+            "epoch_ms", "milliseconds per epoch, validation included",
+            ("d2lx_step", "d2lx_unchecked", "d2lx_fused", "loop"),
+            (*STEP_RATIOS, ("fused_over_loop", "fused / loop"),
+             ("fused_over_copy", "best epoch / device copy"))),
 }
+#: Groups whose epochs are held against a copy of their data (NumPy's; the device's on a GPU).
+COPY_GROUPS = ("large", "gpu")
 
 
 def load(paths: list[Path]) -> list[dict[str, Any]]:
@@ -111,19 +118,39 @@ def _group_table(docs: list[dict[str, Any]], group: str) -> list[str]:
              "repeats; \"= step\": the trainer runs step by step here whatever `steps_per_execution` "
              "says.", "",
              "| backend | workload | data | " + " | ".join(labels[k] for k in methods)
-             + (" | NumPy copy | best d2lx epoch (trainer's clock)" if group == "large" else "") + " | "
+             + (f" | {'device' if group == 'gpu' else 'NumPy'} copy | best d2lx epoch (trainer's clock)"
+                if group in COPY_GROUPS else "") + " | "
              + " | ".join(h for _, h in ratio_cols) + " |",
-             "| --- " * (3 + len(methods) + 2 * (group == "large") + len(ratio_cols)) + "|"]
+             "| --- " * (3 + len(methods) + 2 * (group in COPY_GROUPS) + len(ratio_cols)) + "|"]
     for d, r in rows:
         w, ms, ra = r["workload"], r["methods"], r.get("ratios", {})
         copy = r.get("numpy_copy")
         cells = [_cell(ms.get(k, {}), key, w["epochs"]) for k in methods]
-        if group == "large":
+        if group in COPY_GROUPS:
             cells.append("-" if not copy else f"{copy['median_s'] * 1e3:.3g} ms, {copy['gbps']:.3g} GB/s")
             epoch = r.get("best_epoch_s")
             cells.append("-" if epoch is None else f"{epoch * 1e3:.3g} ms")
         cells += [_fmt(ra.get(k)) for k, _ in ratio_cols]
         lines.append(f"| {d['backend']} | {w['name']} | {_data(w)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _gpu_bandwidth_table(docs: list[dict[str, Any]]) -> list[str]:
+    rows = [(d, r) for d, r in _rows(docs, "gpu") if r.get("gpu_bandwidth")]
+    if not rows:
+        return []
+    lines = ["", "GPU memory traffic. Epoch: the training and validation X and y read once each, over the "
+             "best epoch (the least an epoch must move; the shuffle's gather moves the training data "
+             "twice more). Device copy: bytes read and written. Peak: the card's memory clock x bus width "
+             "(NVML).", "",
+             "| backend | GPU | peak GB/s | device copy GB/s | copy / peak | best epoch GB/s "
+             "| epoch / peak |",
+             "| --- " * 7 + "|"]
+    for d, r in rows:
+        b = r["gpu_bandwidth"]
+        lines.append(f"| {d['backend']} | {d['machine']['gpu']['name']} | {_fmt(b['peak_gbps'], 4)} | "
+                     f"{_fmt(b['copy_traffic_gbps'], 4)} | {_fmt(b['copy_of_peak'], 2)} | "
+                     f"{_fmt(b['epoch_gbps'], 3)} | {_fmt(b['epoch_of_peak'], 2)} |")
     return lines
 
 
@@ -144,7 +171,7 @@ def _sweep_table(docs: list[dict[str, Any]]) -> list[str]:
         best, copy = _best_d2lx(ms), r.get("numpy_copy")
         lines.append(
             f"| {d['backend']} | {w['num_train']} | {w['num_inputs']} | {w['batch_size']} | {w['epochs']} | "
-            + " | ".join(_rate(ms.get(k, {}), "examples_per_s") for k, _ in METHODS)
+            + " | ".join(_rate(ms.get(k, {}), "examples_per_s") for k, _ in METHODS[:4])
             + f" | {_rate(best, 'us_per_step')} | {_rate(ms.get('loop', {}), 'us_per_step')} | "
               f"{_rate(best, 'gbps')} | {_fmt(copy['gbps']) if copy else '-'} | "
               f"{_fmt(ra.get('bandwidth_fraction'), 2)} | {_fmt(ra.get('step_over_loop'))} |")
@@ -165,11 +192,14 @@ def markdown(docs: list[dict[str, Any]]) -> str:
     for d in docs:
         m, v, s = d["machine"], d["versions"], d["settings"]
         lines.append(f"| {d['backend']}{' (smoke)' if d.get('smoke') else ''} | {v.get(d['backend'])} | "
-                     f"{v.get('keras') or '-'} | {d['date']} | {m['cpu']} | {m['cores']} | "
+                     f"{v.get('keras') or '-'} | {d['date']} | {m['cpu']}"
+                     + (f" + {m['gpu']['name']}" if m.get("gpu") else "") + f" | {m['cores']} | "
                      f"{m.get('load_average_at_start', '-')} | {_repeats(s['repeats'])} | "
                      f"{s.get('fuses_steps', '-')} | {d.get('duration_s', '-')} s |")
     for group in GROUPS:
         lines += _group_table(docs, group)
+        if group == "gpu":
+            lines += _gpu_bandwidth_table(docs)
     lines += _sweep_table(docs)
     lines += ["", "## Targets (reported, never enforced by tests)", "",
               "| backend | target | workload | value | threshold | met |", "| --- " * 6 + "|"]

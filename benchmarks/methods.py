@@ -56,14 +56,15 @@ def d2lx_data(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any) -> A
 
 
 def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx_data_module: Any,
-              init: Frozen, repeats: int, spe: int) -> dict[str, Any]:
+              init: Frozen, repeats: int, spe: int, check_finite: bool = True) -> dict[str, Any]:
     """``Trainer(steps_per_execution=spe).fit`` on a fresh model per run (the data module is reused)."""
 
     epochs: list[float] = []  # the trainer's own clock of each epoch (History.seconds), every run
 
     def run() -> tuple[Any, dict[str, Any] | None]:
         model = d2lx_model(ns, loop_mod, w, init)
-        trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False)
+        trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False, device=w.device,
+                             check_finite=check_finite)
         trainer.fit(model, d2lx_data_module)
         epochs.extend(trainer.history.seconds)
         params = None
@@ -85,7 +86,8 @@ def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx
 
 def time_d2lx_methods(ns: ModuleType | None, problem: str | None, loop_mod: ModuleType, w: Workload,
                       data: Any, init: Frozen, repeats: int, spe_values: Sequence[int]) -> dict[str, Any]:
-    """``d2lx_step`` and ``d2lx_fused`` of one workload.
+    """``d2lx_step`` and ``d2lx_fused`` of one workload (on a GPU also ``d2lx_unchecked``: step by step
+    with ``check_finite=False``, the price of the divergence guard there).
 
     ``d2lx_fused`` runs only where it can differ from step by step: a trainer
     whose class fuses steps (``fuses_steps``; others warn that the option
@@ -103,6 +105,11 @@ def time_d2lx_methods(ns: ModuleType | None, problem: str | None, loop_mod: Modu
         out["d2lx_step"] = time_d2lx(ns, loop_mod, w, data, module, init, repeats, 1)
     except Exception as exc:  # reported, not fatal
         return {"d2lx_step": error(exc), "d2lx_fused": skipped("d2lx_step failed")}
+    if w.device != "cpu":  # what the divergence guard costs on an accelerator (no target; see README)
+        try:
+            out["d2lx_unchecked"] = time_d2lx(ns, loop_mod, w, data, module, init, repeats, 1, False)
+        except Exception as exc:
+            out["d2lx_unchecked"] = error(exc)
     if not getattr(ns.Trainer, "fuses_steps", True):
         out["d2lx_fused"] = skipped(f"the {ns.BACKEND} trainer has no fused path (fuses_steps = False)",
                                     same_as="d2lx_step")
@@ -141,7 +148,7 @@ def fit_default(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen,
     model = d2lx_model(ns, loop_mod, w, init)
     if not board:
         model.board = silent_board()
-    ns.Trainer(max_epochs=w.epochs, progress=False).fit(model, module)
+    ns.Trainer(max_epochs=w.epochs, progress=False, device=w.device).fit(model, module)
 
 
 def time_board_share(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, init: Frozen,
@@ -200,7 +207,8 @@ def loop_runner(loop_mod: ModuleType, w: Workload, arrays: tuple[np.ndarray, ...
         val = loop_mod.make_loader(X_val, y_val, w.batch_size, False, SEED)
         loader_loop = loop_mod.LoaderLoop(train, val, lr_of(w), init, variant)
         return functools.partial(loader_loop.run, w.epochs)
-    array_loop = loop_mod.ArrayLoop(w.model, arrays, lr_of(w), w.batch_size, init, variant)
+    on = {"device": w.device} if w.device != "cpu" else {}  # (only the torch and JAX loops take one)
+    array_loop = loop_mod.ArrayLoop(w.model, arrays, lr_of(w), w.batch_size, init, variant, **on)
     return functools.partial(array_loop.run, w.epochs, generator("shuffle", SEED))
 
 

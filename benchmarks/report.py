@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("d2lx_step", "d2lx_fused", "loop", "keras")
+METHODS = ("d2lx_step", "d2lx_unchecked", "d2lx_fused", "loop", "keras")
 
 
 def machine_info() -> dict[str, Any]:
@@ -26,6 +26,33 @@ def machine_info() -> dict[str, Any]:
                             "python": platform.python_version(), "numpy": np.__version__}
     if hasattr(os, "getloadavg"):
         info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def gpu_info(name: str) -> dict[str, Any]:
+    """GPU 0: its name and, where NVML answers, its memory's peak bandwidth (the datasheet's HBM figure).
+
+    Peak = 2 transfers per clock x the maximum memory clock x the bus width;
+    on an H100 SXM (2619 MHz, 5120 bits) that is 3.35 TB/s. ``nvidia-ml-py``
+    ships with the CUDA frameworks' images; without it the peak is ``None``
+    and the device copy alone is the yardstick.
+    """
+    info: dict[str, Any] = {"name": name, "peak_gbps": None}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+            bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(handle)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # no NVML: reported, not fatal
+        info["peak_reason"] = f"{type(exc).__name__}: {exc}"
+        return info
+    info.update(memory_clock_mhz=clock_mhz, memory_bus_bits=bus_bits,
+                peak_gbps=2 * clock_mhz * 1e6 * bus_bits / 8 / 1e9)
     return info
 
 
@@ -49,11 +76,12 @@ def format_report(doc: dict[str, Any]) -> str:
                      + (f" -> {w['hidden']}" if w.get("hidden") else "")
                      + f", batch {w['batch_size']}, {w['epochs']} epoch(s), {w['steps']} steps, "
                        f"{w['num_val']} validation, {w.get('loader', 'd2lx')} loader)")
-        for key in METHODS:
+        for key in (k for k in METHODS if k in r["methods"]):
             lines.append(_method_line(key, r["methods"].get(key, {})))
         if r.get("numpy_copy"):
             c = r["numpy_copy"]
-            lines.append(f"    numpy_copy  {c['median_s'] * 1e3:10.2f} ms  {c['gbps']:.3g} GB/s")
+            label = "device_copy" if c.get("kind") == "device" else "numpy_copy"
+            lines.append(f"    {label:<11} {c['median_s'] * 1e3:10.2f} ms  {c['gbps']:.3g} GB/s")
         shown = {k: f"{v:.3g}" for k, v in r["ratios"].items() if v is not None}
         lines.append(f"    ratios: {shown}")
     lines.append("  targets (reported, not enforced):")

@@ -20,16 +20,53 @@ from benchmarks import loops
 from benchmarks.keras_worker import KERAS_BACKENDS, run_keras
 from benchmarks.loops import Frozen
 from benchmarks.methods import time_alternating, time_board_share, time_d2lx_methods, time_loop
-from benchmarks.report import machine_info
-from benchmarks.targets import STEP_GROUPS, best_epoch, check_targets, ratios
-from benchmarks.timing import numpy_copy, skipped
-from benchmarks.workloads import LR, MLP_LR, SEED, Workload, initial_params, make_data, numpy_loss, splits
+from benchmarks.report import gpu_info, machine_info
+from benchmarks.targets import STEP_GROUPS, best_epoch, check_targets, gpu_bandwidth, ratios
+from benchmarks.timing import numpy_copy, skipped, time_copy
+from benchmarks.workloads import (
+    GPU_BACKENDS,
+    LR,
+    MLP_LR,
+    SEED,
+    Workload,
+    initial_params,
+    make_data,
+    numpy_loss,
+    splits,
+)
 
 SCHEMA = "d2lx-bench/2"
 
 
 class FrameworkMissing(RuntimeError):
     """The backend's framework cannot be imported: nothing of this backend can be timed."""
+
+
+class GpuMissing(RuntimeError):
+    """The GPU group was asked for where it cannot run: no GPU, or a backend it does not time."""
+
+
+def check_gpu(backend: str, loop_mod: ModuleType, workloads: Sequence[Workload]) -> dict[str, Any] | None:
+    """The GPU the run's GPU workloads use (``None``: there are none); refuse before any work."""
+    if not any(w.device == "gpu" for w in workloads):
+        return None
+    if backend not in GPU_BACKENDS:
+        raise GpuMissing(f"the gpu group times {' and '.join(GPU_BACKENDS)}, not {backend}; "
+                         f"run it with --backend {GPU_BACKENDS[-1]} or drop gpu from --only")
+    name = loop_mod.gpu_name()
+    if name is None:
+        raise GpuMissing(f"the gpu group needs a GPU, and {backend} sees none on this machine; "
+                         "run it on a GPU machine or drop gpu from --only")
+    return gpu_info(name)
+
+
+def copy_baseline(loop_mod: ModuleType, w: Workload, X: Any, y: Any, repeats: int) -> dict[str, Any] | None:
+    """The copy a large workload's epoch is compared with: NumPy's on the CPU, the device's on a GPU."""
+    if not w.large:
+        return None
+    if w.device == "cpu":
+        return {**numpy_copy(X, y, repeats), "kind": "numpy"}
+    return {**time_copy(loop_mod.copier(X, y, w.device), int(X.nbytes + y.nbytes), repeats), "kind": "device"}
 
 
 def load_loop(backend: str) -> ModuleType:
@@ -65,6 +102,7 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
     say = log or (lambda _msg: None)
     backend = registry.canonical_name(backend)
     loop_mod = load_loop(backend)  # fails early if the framework is missing
+    gpu = check_gpu(backend, loop_mod, workloads)  # as early if the GPU group cannot run
     ns, problem = _d2lx_namespace(backend, say)
     fuses = bool(ns is not None and getattr(ns.Trainer, "fuses_steps", True))
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -80,7 +118,7 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
         X, y, X_val, y_val = splits(data, w)
         methods = time_d2lx_methods(ns, problem, loop_mod, w, data, frozen, reps, spe_values)
         methods["loop"] = time_loop(loop_mod, w, data, frozen, reps)
-        copy = numpy_copy(X, y, reps) if w.large else None
+        copy = copy_baseline(loop_mod, w, X, y, reps)
         board = (time_board_share(ns, loop_mod, w, data, frozen, reps)
                  if w.group == "seed" and ns is not None else None)
         loop = methods["loop"]
@@ -113,13 +151,15 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
             r["methods"]["keras"] = {"status": keras_info["status"], "reason": keras_info.get("reason")}
         r["ratios"] = ratios(r["methods"], r["numpy_copy"], w, r["board"], r["alternating"])
         r["best_epoch_s"] = best_epoch(r["methods"])
+        if w.device == "gpu" and gpu is not None:
+            r["gpu_bandwidth"] = gpu_bandwidth(w, r["best_epoch_s"], r["numpy_copy"], gpu["peak_gbps"])
     doc = {
         "schema": SCHEMA,
         "smoke": smoke,
         "backend": backend,
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), 1),
-        "machine": machine_info(),
+        "machine": {**machine_info(), **({"gpu": gpu} if gpu else {})},
         "versions": {"d2lx": __version__, backend: loop_mod.framework_version(),
                      "keras": keras_info.get("keras_version")},
         "settings": {"repeats": repeats, "warmup": 1, "spe_values": list(spe_values), "lr": LR,

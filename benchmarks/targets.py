@@ -17,7 +17,7 @@ from benchmarks.workloads import Workload
 BACKENDS = ("jax", "mxnet", "tensorflow", "torch")
 KERAS_BACKENDS = ("jax", "tensorflow", "torch")
 #: Groups whose per-step overhead is a target (the sweep is reported, not targeted).
-STEP_GROUPS = ("seed", "large", "mlp", "loader")
+STEP_GROUPS = ("seed", "large", "mlp", "loader", "gpu")
 
 #: ``value`` names a ratio of :func:`ratios`; ``op`` is how it must compare with ``threshold``.
 #: ``needs_fusion``: only on backends whose trainer fuses steps; ``keras``: only where Keras runs
@@ -111,6 +111,24 @@ def best_epoch(methods: dict[str, Any]) -> float | None:
     times = [float(methods[k]["epoch_median_s"]) for k in keys
              if methods.get(k, {}).get("status") == "ok" and "epoch_median_s" in methods[k]]
     return min(times, default=None)
+
+
+def gpu_bandwidth(w: Workload, epoch_s: float | None, copy: dict[str, Any] | None,
+                  peak_gbps: float | None) -> dict[str, Any]:
+    """A GPU epoch's memory traffic against the device copy and the card's peak (reported, no target).
+
+    ``epoch_bytes`` is the least an epoch must read: the training and the
+    validation X and y, once each (the shuffle's gather reads and writes
+    the training data once more). A device copy reads and writes its bytes,
+    so its traffic is twice its data: that is the figure to hold against
+    the peak.
+    """
+    epoch_bytes = (w.num_train + w.num_val) * (w.num_inputs + 1) * 4
+    epoch_gbps = None if not epoch_s else epoch_bytes / epoch_s / 1e9
+    copy_traffic = None if copy is None else 2 * copy["gbps"]
+    return {"epoch_bytes": epoch_bytes, "epoch_gbps": epoch_gbps, "copy_traffic_gbps": copy_traffic,
+            "peak_gbps": peak_gbps, "epoch_of_peak": _div(epoch_gbps, peak_gbps),
+            "copy_of_peak": _div(copy_traffic, peak_gbps)}
 
 
 def _applies(t: dict[str, Any], backend: str, fuses: bool, wl: dict[str, Any]) -> bool:

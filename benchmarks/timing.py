@@ -104,10 +104,15 @@ def numpy_copy(X: np.ndarray, y: np.ndarray, repeats: int) -> dict[str, Any]:
         np.copyto(dX, X)
         np.copyto(dy, y)
 
+    return time_copy(run, int(X.nbytes + y.nbytes), repeats)
+
+
+def time_copy(run: Callable[[], None], nbytes: int, repeats: int) -> dict[str, Any]:
+    """Time one copy of ``nbytes`` (``run`` waits for it): median seconds and GB/s of data copied
+    (bytes read; the memory also writes as many)."""
     samples, _, _ = time_repeats(run, max(repeats, 5))
     med = float(np.median(samples))
-    return {"median_s": med, "gbps": (X.nbytes + y.nbytes) / med / 1e9,
-            "bytes": int(X.nbytes + y.nbytes)}
+    return {"median_s": med, "gbps": nbytes / med / 1e9, "bytes": nbytes}
 
 
 def error(exc: BaseException) -> dict[str, Any]:

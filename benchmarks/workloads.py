@@ -24,7 +24,11 @@ MLP_LR = 0.01
 #: X and y together above this are "large": their time is compared with a NumPy copy
 #: (well past this CPU's last-level cache).
 LARGE_BYTES = 32 * 2**20
-GROUPS = ("seed", "large", "mlp", "loader", "sweep")
+GROUPS = ("seed", "large", "mlp", "loader", "sweep", "gpu")
+#: What a run times unless ``--only`` says otherwise: everything a CPU runs (``gpu`` needs a GPU).
+DEFAULT_GROUPS = ("seed", "large", "mlp", "loader", "sweep")
+#: The backends whose loops and d2lx adapters the GPU group times (the ones with GPU builds to test).
+GPU_BACKENDS = ("jax", "torch")
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class Workload:
     regression) or ``"mlp"`` (``num_inputs -> hidden -> 1``, ReLU). ``loader``
     says who batches: ``"d2lx"`` (d2lx's device-resident loader, the data
     module's default) or ``"framework"`` (the framework's own loader, returned
-    by the data module's ``get_dataloader``).
+    by the data module's ``get_dataloader``). ``device`` is where every
+    method trains (``"cpu"``, or ``"gpu"`` for the GPU group).
     """
 
     name: str
@@ -48,6 +53,7 @@ class Workload:
     num_val: int
     hidden: int = 0
     loader: str = "d2lx"
+    device: str = "cpu"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -64,13 +70,15 @@ class Workload:
 
     @property
     def large(self) -> bool:
-        """Whether the NumPy copy is timed: the ``large`` group, or data past the caches."""
-        return self.group == "large" or self.bytes_per_epoch >= LARGE_BYTES
+        """Whether a copy of the data is timed (NumPy's, or the device's on a GPU): the ``large`` and
+        ``gpu`` groups, or data past the caches."""
+        return self.group in ("large", "gpu") or self.bytes_per_epoch >= LARGE_BYTES
 
     @property
     def keras(self) -> bool:
-        """Keras 3 ``fit`` has this model (no scratch model) on arrays (not the framework-loader path)."""
-        return self.model in ("concise", "mlp") and self.loader == "d2lx"
+        """Keras 3 ``fit`` has this model (no scratch model) on arrays (not the framework-loader path),
+        on the CPU (the GPU machine has no Keras)."""
+        return self.model in ("concise", "mlp") and self.loader == "d2lx" and self.device == "cpu"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -109,6 +117,16 @@ def loader_workloads(quick: bool = False) -> list[Workload]:
     return [Workload("loader/concise", "loader", "concise", 20_000, 64, 256, 1, 5_000, loader="framework")]
 
 
+def gpu_workloads(quick: bool = False) -> list[Workload]:
+    """The large workload scaled to 1,000,000 x 256 (1 GB, as much validation) on GPU 0.
+
+    ``--quick`` keeps it small enough to try the path on any GPU in seconds.
+    """
+    if quick:
+        return [Workload("gpu/large", "gpu", "concise", 20_000, 128, 2048, 1, 20_000, device="gpu")]
+    return [Workload("gpu/large", "gpu", "concise", 1_000_000, 256, 4096, 1, 1_000_000, device="gpu")]
+
+
 #: The scaling sweep (concise model, one epoch, validation on a tenth of the training size):
 #: one-axis sweeps through a centre of 10^5 examples, 16 inputs, batch 1024. Trimmed so
 #: that a full run of one backend stays well under 15 minutes on a 2-core CPU (see the
@@ -139,7 +157,7 @@ def sweep_workloads(quick: bool = False,
 
 
 WORKLOADS = {"seed": seed_workloads, "large": large_workloads, "mlp": mlp_workloads,
-             "loader": loader_workloads, "sweep": sweep_workloads}
+             "loader": loader_workloads, "sweep": sweep_workloads, "gpu": gpu_workloads}
 
 
 def select(groups: Iterable[str], quick: bool) -> list[Workload]:

@@ -262,6 +262,10 @@ def test_workload_definitions() -> None:
         20_000, 64, 256, 5_000, "framework")
     assert [w.keras for w in (full["seed/concise"], full["seed/scratch"], big, mlp, loader)] == [
         True, False, True, True, False]
+    gpu = full["gpu/large"]
+    assert (gpu.num_train, gpu.num_inputs, gpu.batch_size, gpu.num_val, gpu.device) == (
+        1_000_000, 256, 4096, 1_000_000, "gpu")
+    assert gpu.large and not gpu.keras and "gpu" not in workloads.DEFAULT_GROUPS
     quick = workloads.select(["sweep"], quick=True)
     assert any(w.large for w in quick), "the smoke sweep must exercise the NumPy-copy comparison"
     init = workloads.initial_params(mlp)
@@ -300,6 +304,44 @@ def test_bad_options_are_one_line_errors(argv: list[str], tmp_path: Path,
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_gpu_group_is_refused_where_it_cannot_run(framework_backend: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    if framework_backend in workloads.GPU_BACKENDS:
+        if runner.load_loop(framework_backend).gpu_name() is not None:
+            pytest.skip(f"{framework_backend} sees a GPU here: the gpu group would run")
+        expected = f"error: the gpu group needs a GPU, and {framework_backend} sees none"
+    else:
+        expected = f"error: the gpu group times jax and torch, not {framework_backend}"
+    code = cli.main(["--backend", framework_backend, "--only", "gpu", "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(expected) and err.count("\n") == 1, err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_gpu_bandwidth_and_its_table_by_hand(tmp_path: Path) -> None:
+    w = Workload("gpu/large", "gpu", "concise", 1000, 255, 100, 1, 1000, device="gpu")
+    copy = {"median_s": 0.001, "gbps": 1.024, "bytes": 1_024_000, "kind": "device"}
+    b = targets.gpu_bandwidth(w, 0.004, copy, 5.12)
+    # an epoch reads 2000 rows of 256 float32 (X and y) at least: 2.048 MB in 4 ms
+    assert b["epoch_bytes"] == 2_048_000 and b["epoch_gbps"] == pytest.approx(0.512)
+    assert b["copy_traffic_gbps"] == pytest.approx(2.048)  # the copy reads and writes
+    assert b["epoch_of_peak"] == pytest.approx(0.1) and b["copy_of_peak"] == pytest.approx(0.4)
+    assert targets.gpu_bandwidth(w, None, None, None)["epoch_of_peak"] is None
+    ok = {"status": "ok", "median_s": 0.01, "q1_s": 0.009, "q3_s": 0.011}
+    doc = {"schema": runner.SCHEMA, "backend": "torch", "date": "2026-11-25", "versions": {"torch": "2.x"},
+           "machine": {"cpu": "x86", "cores": 16, "gpu": {"name": "Some GPU", "peak_gbps": 5.12}},
+           "settings": {"repeats": 7}, "targets": [],
+           "results": [{"workload": w.as_dict(), "numpy_copy": copy, "best_epoch_s": 0.004,
+                        "gpu_bandwidth": b, "ratios": {"fused_over_copy": 4.0},
+                        "methods": {"d2lx_step": ok, "d2lx_unchecked": ok, "loop": ok,
+                                    "d2lx_fused": {"status": "skipped", "same_as": "d2lx_step"}}}]}
+    table = combine.markdown([doc])
+    assert "| x86 + Some GPU | 16 |" in table and "## GPU workload" in table
+    assert "| device copy | best d2lx epoch (trainer's clock) |" in table
+    assert "| 1 ms, 1.02 GB/s | 4 ms |" in table
+    assert "| torch | Some GPU | 5.12 | 2.048 | 0.4 | 0.512 | 0.1 |" in table
 
 
 def test_missing_framework_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

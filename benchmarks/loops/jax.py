@@ -27,6 +27,10 @@ from benchmarks.loops import result
 
 FRAMEWORK = "jax"
 Batch = tuple[np.ndarray, np.ndarray]
+# d2lx's JAX trainer computes float32 matmuls in full float32 ("highest"); so does the loop, or on an
+# Ampere+ GPU XLA would use TF32 for it and the two would no longer run the same experiment (on a CPU
+# every precision is full float32).
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def framework_version() -> str:
@@ -35,6 +39,35 @@ def framework_version() -> str:
 
 def variants(kind: str) -> tuple[str, ...]:
     return ("jit",) if kind == "loader" else ("jit", "jit_take")
+
+
+def jax_device(device: str) -> Any:
+    """The benchmark's ``"cpu"``/``"gpu"`` as a JAX device (GPU 0, or the first CPU device)."""
+    return jax.devices("gpu" if device == "gpu" else "cpu")[0]
+
+
+def gpu_name() -> str | None:
+    """GPU 0's name, or ``None`` where JAX sees no GPU."""
+    try:
+        return str(jax.devices("gpu")[0].device_kind)
+    except RuntimeError:  # no GPU backend
+        return None
+
+
+def copier(X: np.ndarray, y: np.ndarray, device: str) -> Callable[[], None]:
+    """One device-to-device copy of ``X`` and ``y`` (placed on ``device`` once), waited for.
+
+    A jitted ``jnp.copy``: its outputs cannot alias inputs that are not
+    donated, so XLA writes new buffers, a full read and write of the data.
+    """
+    dev = jax_device(device)
+    src = [jax.device_put(np.asarray(a, np.float32), dev) for a in (X, y)]
+    copy = jax.jit(lambda a, b: (jnp.copy(a), jnp.copy(b)))
+
+    def run() -> None:
+        jax.block_until_ready(copy(*src))
+
+    return run
 
 
 def _given(array: np.ndarray) -> Callable[..., jax.Array]:
@@ -102,8 +135,8 @@ class ArrayLoop:
     """
 
     def __init__(self, kind: str, arrays: tuple[np.ndarray, ...], lr: float, batch_size: int, init: Any,
-                 variant: str = "jit") -> None:
-        self.device = jax.devices("cpu")[0]
+                 variant: str = "jit", device: str = "cpu") -> None:
+        self.device = jax_device(device)
         self.X, self.y, self.X_val, self.y_val = (jax.device_put(np.asarray(a, np.float32), self.device)
                                                   for a in arrays)
         self.kind, self.lr, self.bs, self.init = kind, lr, batch_size, init

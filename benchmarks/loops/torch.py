@@ -40,6 +40,35 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, np.float32))
 
 
+def torch_device(device: str) -> torch.device:
+    """The benchmark's ``"cpu"``/``"gpu"`` as a ``torch.device`` (GPU 0 is ``cuda:0``)."""
+    return torch.device("cuda", 0) if device == "gpu" else torch.device("cpu")
+
+
+def gpu_name() -> str | None:
+    """GPU 0's name, or ``None`` where torch sees no GPU."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def copier(X: np.ndarray, y: np.ndarray, device: str) -> Callable[[], None]:
+    """One device-to-device copy of ``X`` and ``y`` (placed on ``device`` once), waited for.
+
+    The GPU's counterpart of the NumPy copy: the fastest a pass over the
+    data can go on that device (``copy_`` into buffers allocated once).
+    """
+    dev = torch_device(device)
+    src = [_tensor(a).to(dev) for a in (X, y)]
+    dst = [torch.empty_like(t) for t in src]
+
+    def run() -> None:
+        for d, s in zip(dst, src):
+            d.copy_(s)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    return run
+
+
 def _linear(layer: nn.Linear, w: np.ndarray, b: np.ndarray) -> nn.Linear:
     """Set a ``nn.Linear`` from d2lx's layout (``w`` inputs x outputs; torch keeps it transposed)."""
     with torch.no_grad():
@@ -57,31 +86,37 @@ def build_net(kind: str, init: Any) -> nn.Module:
     return _linear(nn.Linear(init["w"].shape[0], 1), init["w"], init["b"])
 
 
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
 def _params_of(kind: str, net: nn.Module | None, scratch: list[torch.Tensor]) -> dict[str, Any]:
     if kind == "scratch":
-        return {"w": scratch[0].detach().numpy(), "b": scratch[1].detach().numpy()}
+        return {"w": _host(scratch[0]), "b": _host(scratch[1])}
     if kind == "mlp":
         assert isinstance(net, nn.Sequential)
-        return {"W1": net[0].weight.detach().numpy().T, "b1": net[0].bias.detach().numpy(),
-                "W2": net[2].weight.detach().numpy().T, "b2": net[2].bias.detach().numpy()}
+        return {"W1": _host(net[0].weight).T, "b1": _host(net[0].bias),
+                "W2": _host(net[2].weight).T, "b2": _host(net[2].bias)}
     assert isinstance(net, nn.Linear)
-    return {"w": net.weight.detach().numpy().T, "b": net.bias.detach().numpy()}
+    return {"w": _host(net.weight).T, "b": _host(net.bias)}
 
 
 class _Model:
     """A fresh model of ``kind`` from ``init``: its training step and its validation loss."""
 
-    def __init__(self, kind: str, init: Any, lr: float, variant: str) -> None:
-        self.kind, self.lr = kind, lr
+    def __init__(self, kind: str, init: Any, lr: float, variant: str, device: torch.device | None = None
+                 ) -> None:
+        device = device or torch.device("cpu")
+        self.kind, self.lr, self.device = kind, lr, device
         self.scratch: list[torch.Tensor] = []
         self.net: nn.Module | None = None
         if kind == "scratch":
-            self.scratch = [_tensor(init["w"]).clone().requires_grad_(True),
-                            _tensor(init["b"]).clone().requires_grad_(True)]
+            self.scratch = [_tensor(init["w"]).to(device, copy=True).requires_grad_(True),
+                            _tensor(init["b"]).to(device, copy=True).requires_grad_(True)]
             w, b = self.scratch
             self.loss: Callable[..., torch.Tensor] = lambda X, y: ((X @ w + b - y) ** 2 / 2).mean()
         else:
-            net = self.net = build_net(kind, init)
+            net = self.net = build_net(kind, init).to(device)
             self.opt = torch.optim.SGD(net.parameters(), lr=lr)
             mse = nn.MSELoss()
 
@@ -105,7 +140,7 @@ class _Model:
         return loss.detach()
 
     def validate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        total, count = torch.zeros(()), 0
+        total, count = torch.zeros((), device=self.device), 0
         with torch.no_grad():
             for X, y in batches:
                 total += self.loss(X, y) * len(y)
@@ -120,8 +155,9 @@ class ArrayLoop:
     """Arrays on the device once; per epoch one gather, slices as batches (see ``loops/__init__``)."""
 
     def __init__(self, kind: str, arrays: tuple[np.ndarray, ...], lr: float, batch_size: int, init: Any,
-                 variant: str = "eager") -> None:
-        self.X, self.y, self.X_val, self.y_val = (_tensor(a) for a in arrays)
+                 variant: str = "eager", device: str = "cpu") -> None:
+        self.device = torch_device(device)
+        self.X, self.y, self.X_val, self.y_val = (_tensor(a).to(self.device) for a in arrays)
         self.kind, self.lr, self.bs, self.init, self.variant = kind, lr, batch_size, init, variant
 
     def _val_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -129,11 +165,11 @@ class ArrayLoop:
             yield self.X_val[s:s + self.bs], self.y_val[s:s + self.bs]
 
     def run(self, epochs: int, rng: np.random.Generator) -> dict[str, Any]:
-        model = _Model(self.kind, self.init, self.lr, self.variant)
+        model = _Model(self.kind, self.init, self.lr, self.variant, self.device)
         n, bs = len(self.X), self.bs
         losses, val_losses = [], []
         for _ in range(epochs):
-            idx = torch.from_numpy(rng.permutation(n))
+            idx = torch.from_numpy(rng.permutation(n)).to(self.device)
             Xe, ye = self.X.index_select(0, idx), self.y.index_select(0, idx)
             step_losses = [model.step(Xe[s:s + bs], ye[s:s + bs]) for s in range(0, n, bs)]
             losses.append(float(torch.stack(step_losses).mean()))
