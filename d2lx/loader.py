@@ -32,6 +32,16 @@ Batch = tuple[Any, ...]
 
 #: About how many bytes :class:`ArrayLoader` gathers at once for a shuffled epoch (fits a CPU's cache).
 GATHER_BLOCK_BYTES = 4 * 2**20
+#: The same on a GPU, where a gather's cost is its launch, not the cache: a large batch (4096 x 256
+#: float32 is 4 MiB) would otherwise be gathered on its own, two launches a step that the hand loop's
+#: one gather per epoch does not pay. Large blocks, not the whole epoch, so that the shuffled copy
+#: never doubles the device memory a large data set takes.
+ACCELERATOR_GATHER_BLOCK_BYTES = 256 * 2**20
+
+
+def gather_block_bytes(on_cpu: bool) -> int:
+    """The ``gather_block_bytes`` of an :class:`ArrayOps` on the CPU or on an accelerator."""
+    return GATHER_BLOCK_BYTES if on_cpu else ACCELERATOR_GATHER_BLOCK_BYTES
 
 
 @runtime_checkable
@@ -40,6 +50,9 @@ class ArrayOps(Protocol):
 
     ``device_key`` identifies backend + device (``"torch:cuda:0"``); it keys
     the data module's cache, so a dataset is copied to a device once.
+    An adapter may also set ``gather_block_bytes`` (see
+    :func:`gather_block_bytes`): how many bytes :class:`ArrayLoader` gathers
+    at once; without it, :data:`GATHER_BLOCK_BYTES`, the CPU's figure.
     """
 
     device_key: str
@@ -157,11 +170,12 @@ class ArrayLoader:
         """The epoch's batches, on the device: gathered blocks of the shuffled order, each split once.
 
         The rows are gathered a block of batches at a time, a block being
-        about :data:`GATHER_BLOCK_BYTES`: small enough to stay in the cache
-        (gathering the whole data set at the start of the epoch writes and
-        reads back a data set-sized array: on the CPU, for 100,000 x 256,
-        45 ms against 10 ms), large enough that a small data set costs one
-        gather per epoch, not one per batch and array.
+        about the ops' ``gather_block_bytes``. On the CPU (4 MiB) it is small
+        enough to stay in the cache (gathering the whole data set at the
+        start of the epoch writes and reads back a data set-sized array: for
+        100,000 x 256, 45 ms against 10 ms), large enough that a small data
+        set costs one gather per epoch, not one per batch and array. On a GPU
+        a launch costs more than the bytes, so blocks are far larger.
         """
         order = self.epoch_order()
         rows = None if order is None else self.ops.indices(order)
@@ -182,7 +196,7 @@ class ArrayLoader:
         """How many batches one gather serves (at least one; see :meth:`__iter__`)."""
         row_values = sum(math.prod(tuple(t.shape)[1:]) for t in self.tensors)
         batch_bytes = max(1, 4 * row_values * self.batch_size)  # float32, 4 bytes a value
-        return max(1, GATHER_BLOCK_BYTES // batch_bytes)
+        return max(1, getattr(self.ops, "gather_block_bytes", GATHER_BLOCK_BYTES) // batch_bytes)
 
 
 def as_batch(item: Any, split: str, index: int) -> Batch:

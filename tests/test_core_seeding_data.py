@@ -108,3 +108,33 @@ def test_array_data_reshapes_1d_targets_and_validates() -> None:
         ArrayData(np.array([[1.0], [np.nan]]), np.ones(2))
     with pytest.raises(d2lx.InvalidArgumentError, match="empty"):
         ArrayData(np.ones((0, 2)), np.ones((0, 1)))
+
+
+@pytest.mark.parametrize("on_cpu", [True, False], ids=["cpu", "accelerator"])
+def test_a_shuffled_epoch_gathers_blocks_sized_for_its_device(on_cpu: bool) -> None:
+    """4 MiB blocks on a CPU (cache-sized), far larger ones on an accelerator (a gather per batch
+    would cost two launches a step); either way the epoch is the same permutation of the data."""
+    from d2lx.loader import gather_block_bytes
+
+    class CountingOps(NumpyOps):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gather_block_bytes = gather_block_bytes(on_cpu)
+            self.takes = 0
+
+        def take(self, array, indices):  # type: ignore[no-untyped-def]
+            self.takes += 1
+            return array[indices]
+
+    n, d, bs = 8192, 255, 512  # a batch of X and y: 512 x 256 float32 = 0.5 MiB; the epoch 8 MiB
+    X = np.arange(n * d, dtype=np.float32).reshape(n, d)
+    y = np.arange(n, dtype=np.float32).reshape(n, 1)
+    ops = CountingOps()
+    loader = ArrayLoader((X, y), bs, True, ops, np.random.default_rng(0), n)
+    batches = list(loader)
+    assert [len(b[1]) for b in batches] == [bs] * 16
+    blocks = 2 if on_cpu else 1  # the CPU's 4 MiB hold 8 of the 16 batches; 256 MiB hold them all
+    assert loader.batches_per_block() == (8 if on_cpu else 512) and ops.takes == 2 * blocks
+    seen = np.concatenate([b[1] for b in batches]).ravel()
+    np.testing.assert_array_equal(np.sort(seen), y.ravel())  # every example once
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), X[seen.astype(int)])

@@ -13,7 +13,7 @@ from flax import linen as nn
 from jax.sharding import Sharding, SingleDeviceSharding
 
 from d2lx.helpers import method
-from d2lx.loader import host_array
+from d2lx.loader import gather_block_bytes, host_array
 
 
 class JaxOps:
@@ -34,6 +34,7 @@ class JaxOps:
             self.device_key = f"jax:{platform}:{ids}:{placement}"
         else:
             self.device_key = f"jax:{placement.platform}:{placement.id}"
+        self.gather_block_bytes = gather_block_bytes(self.device_key.split(":")[1] == "cpu")
 
     def asarray(self, array: np.ndarray) -> jax.Array:
         return jax.device_put(np.ascontiguousarray(array), self.device)

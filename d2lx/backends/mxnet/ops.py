@@ -16,7 +16,7 @@ from mxnet import np, npx
 from mxnet.gluon import nn
 
 from d2lx.helpers import method
-from d2lx.loader import host_array, to_numpy
+from d2lx.loader import gather_block_bytes, host_array, to_numpy
 
 
 def as_np(value: Any) -> Any:
@@ -36,6 +36,7 @@ class MXNetOps:
     def __init__(self, ctx: mx.Context) -> None:
         self.ctx = ctx
         self.device_key = f"mxnet:{ctx}"
+        self.gather_block_bytes = gather_block_bytes(ctx.device_type == "cpu")
 
     def asarray(self, array: onp.ndarray) -> np.ndarray:
         return np.array(onp.ascontiguousarray(array), dtype=array.dtype, ctx=self.ctx)

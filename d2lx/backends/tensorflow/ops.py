@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from d2lx.loader import host_array, to_numpy
+from d2lx.loader import gather_block_bytes, host_array, to_numpy
 
 
 @functools.lru_cache(maxsize=256)
@@ -46,6 +46,7 @@ class TFOps:
         self.device = device
         self.device_key = f"tensorflow:{device}"
         self._on_cpu = device_key(device)[0] == "CPU"
+        self.gather_block_bytes = gather_block_bytes(self._on_cpu)
 
     def _put(self, array: np.ndarray) -> tf.Tensor:
         with tf.device(self.device):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from d2lx.helpers import method
-from d2lx.loader import host_array, to_numpy
+from d2lx.loader import gather_block_bytes, host_array, to_numpy
 
 
 class TorchOps:
@@ -19,6 +19,7 @@ class TorchOps:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.device_key = f"torch:{device}"
+        self.gather_block_bytes = gather_block_bytes(device.type == "cpu")
 
     def asarray(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
