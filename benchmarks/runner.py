@@ -142,6 +142,7 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
     for w, r in zip(workloads, results):
         if not w.keras:
             reason = ("Keras has no scratch model" if w.model == "scratch"
+                      else "Keras is timed on the CPU only (no Keras on the GPU machine)" if w.device != "cpu"
                       else "Keras is timed on arrays, not on the framework-loader path")
             r["methods"]["keras"] = skipped(reason)
         elif keras_info.get("status") == "ok":
