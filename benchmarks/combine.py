@@ -37,7 +37,9 @@ GROUPS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, str], .
               "epoch_ms", "milliseconds per epoch, validation included",
               ("d2lx_step", "d2lx_fused", "loop", "keras"),
               (*STEP_RATIOS, ("fused_over_loop", "fused / loop"),
-               ("fused_over_copy", "best epoch / NumPy copy"), ("bandwidth_fraction", "d2lx / copy GB/s"),
+               ("fused_over_copy", "best epoch / NumPy copy"),
+               ("fused_over_copy_alternating", "best epoch / NumPy copy, alternating"),
+               ("bandwidth_fraction", "d2lx / copy GB/s"),
                ("keras_over_fused", "Keras / fused"))),
     "mlp": ("MLP workload (a reader's d2lx Module with framework layers, SGD)",
             "epoch_ms", "milliseconds per epoch, validation included",
@@ -50,7 +52,8 @@ GROUPS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, str], .
             "epoch_ms", "milliseconds per epoch, validation included",
             ("d2lx_step", "d2lx_unchecked", "d2lx_fused", "loop"),
             (*STEP_RATIOS, ("fused_over_loop", "fused / loop"),
-             ("fused_over_copy", "best epoch / device copy"))),
+             ("fused_over_copy", "best epoch / device copy"),
+             ("fused_over_copy_alternating", "best epoch / device copy, alternating"))),
 }
 #: Groups whose epochs are held against a copy of their data (NumPy's; the device's on a GPU).
 COPY_GROUPS = ("large", "gpu")

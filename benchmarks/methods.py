@@ -194,6 +194,42 @@ def time_alternating(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
             "repeats": repeats}
 
 
+def best_mode_spe(methods: dict[str, Any]) -> int:
+    """The ``steps_per_execution`` of d2lx's fastest epoch (:func:`benchmarks.targets.best_epoch`'s)."""
+    step, fused = methods.get("d2lx_step", {}), methods.get("d2lx_fused", {})
+    if fused.get("status") == "ok" and fused.get("epoch_median_s", math.inf) < step.get("epoch_median_s",
+                                                                                         math.inf):
+        return int(fused["best_spe"])
+    return 1
+
+
+def time_epoch_against_copy(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, init: Frozen,
+                            repeats: int, spe: int, copy: Callable[[], None]) -> dict[str, Any]:
+    """d2lx's fastest mode (``spe``) and the copy of its data timed alternately: the copy target's ratio.
+
+    Why: the copy and the d2lx blocks run a minute apart, and this VM's
+    speed drifts by up to a third in that time (see :func:`time_alternating`).
+    Each fit's epochs are read from the trainer's clock (``History.seconds``),
+    as for ``epoch_median_s``; ``ratio`` is their median over the copies'.
+    """
+    module = d2lx_data(ns, loop_mod, w, data)
+    epochs: list[float] = []
+
+    def fit() -> None:
+        model = d2lx_model(ns, loop_mod, w, init)
+        trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False, device=w.device)
+        trainer.fit(model, module)
+        epochs.extend(trainer.history.seconds)
+
+    try:
+        _, copies = time_interleaved(fit, copy, repeats)
+    except Exception as exc:  # reported, not fatal
+        return error(exc)
+    epoch, copy_s = float(np.median(epochs[-repeats * w.epochs:])), float(np.median(copies))
+    return {"status": "ok", "spe": spe, "epoch_s": epoch, "copy_s": copy_s, "ratio": epoch / copy_s,
+            "repeats": repeats}
+
+
 # -- the hand-written loop ---------------------------------------------------------------------------
 def loop_runner(loop_mod: ModuleType, w: Workload, arrays: tuple[np.ndarray, ...], init: Frozen,
                 variant: str) -> Callable[[], dict[str, Any]]:

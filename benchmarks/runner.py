@@ -19,10 +19,17 @@ from typing import Any
 from benchmarks import loops
 from benchmarks.keras_worker import KERAS_BACKENDS, run_keras
 from benchmarks.loops import Frozen
-from benchmarks.methods import time_alternating, time_board_share, time_d2lx_methods, time_loop
+from benchmarks.methods import (
+    best_mode_spe,
+    time_alternating,
+    time_board_share,
+    time_d2lx_methods,
+    time_epoch_against_copy,
+    time_loop,
+)
 from benchmarks.report import gpu_info, machine_info
-from benchmarks.targets import STEP_GROUPS, best_epoch, check_targets, gpu_bandwidth, ratios
-from benchmarks.timing import numpy_copy, skipped, time_copy
+from benchmarks.targets import COPY_GROUPS, STEP_GROUPS, best_epoch, check_targets, gpu_bandwidth, ratios
+from benchmarks.timing import numpy_copier, skipped, time_copy
 from benchmarks.workloads import (
     GPU_BACKENDS,
     LR,
@@ -60,13 +67,14 @@ def check_gpu(backend: str, loop_mod: ModuleType, workloads: Sequence[Workload])
     return gpu_info(name)
 
 
-def copy_baseline(loop_mod: ModuleType, w: Workload, X: Any, y: Any, repeats: int) -> dict[str, Any] | None:
-    """The copy a large workload's epoch is compared with: NumPy's on the CPU, the device's on a GPU."""
-    if not w.large:
-        return None
-    if w.device == "cpu":
-        return {**numpy_copy(X, y, repeats), "kind": "numpy"}
-    return {**time_copy(loop_mod.copier(X, y, w.device), int(X.nbytes + y.nbytes), repeats), "kind": "device"}
+def copy_runner(loop_mod: ModuleType, w: Workload, X: Any, y: Any) -> Callable[[], None]:
+    """One copy of a large workload's training data: NumPy's on the CPU, the device's on a GPU."""
+    return numpy_copier(X, y) if w.device == "cpu" else loop_mod.copier(X, y, w.device)
+
+
+def copy_baseline(copy: Callable[[], None], w: Workload, nbytes: int, repeats: int) -> dict[str, Any]:
+    """The copy's median time and GB/s (what a large workload's epoch is compared with)."""
+    return {**time_copy(copy, nbytes, repeats), "kind": "numpy" if w.device == "cpu" else "device"}
 
 
 def load_loop(backend: str) -> ModuleType:
@@ -118,15 +126,20 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
         X, y, X_val, y_val = splits(data, w)
         methods = time_d2lx_methods(ns, problem, loop_mod, w, data, frozen, reps, spe_values)
         methods["loop"] = time_loop(loop_mod, w, data, frozen, reps)
-        copy = copy_baseline(loop_mod, w, X, y, reps)
+        copier = copy_runner(loop_mod, w, X, y) if w.large else None
+        copy = None if copier is None else copy_baseline(copier, w, int(X.nbytes + y.nbytes), reps)
         board = (time_board_share(ns, loop_mod, w, data, frozen, reps)
                  if w.group == "seed" and ns is not None else None)
         loop = methods["loop"]
         alternating = (time_alternating(ns, loop_mod, w, data, frozen, reps, loop["best_variant"])
                        if w.group in STEP_GROUPS and ns is not None and loop.get("status") == "ok"
                        and methods["d2lx_step"].get("status") == "ok" else None)
+        against_copy = (time_epoch_against_copy(ns, loop_mod, w, data, frozen, reps, best_mode_spe(methods),
+                                                copier)
+                        if copier is not None and w.group in COPY_GROUPS and ns is not None
+                        and methods["d2lx_step"].get("status") == "ok" else None)
         results.append({"workload": w.as_dict(), "methods": methods, "numpy_copy": copy, "board": board,
-                        "alternating": alternating,
+                        "alternating": alternating, "epoch_against_copy": against_copy,
                         "initial_loss": numpy_loss(w, init, X, y),
                         "initial_val_loss": numpy_loss(w, init, X_val, y_val),
                         "seconds": round(time.perf_counter() - workload_start, 1)})  # Keras aside
@@ -150,7 +163,8 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
             r["methods"]["keras"] = keras_info["workloads"].get(w.name, missing)
         else:
             r["methods"]["keras"] = {"status": keras_info["status"], "reason": keras_info.get("reason")}
-        r["ratios"] = ratios(r["methods"], r["numpy_copy"], w, r["board"], r["alternating"])
+        r["ratios"] = ratios(r["methods"], r["numpy_copy"], w, r["board"], r["alternating"],
+                             r["epoch_against_copy"])
         r["best_epoch_s"] = best_epoch(r["methods"])
         if w.device == "gpu" and gpu is not None:
             r["gpu_bandwidth"] = gpu_bandwidth(w, r["best_epoch_s"], r["numpy_copy"], gpu["peak_gbps"])

@@ -155,6 +155,15 @@ def test_ratios_are_the_medians(doc: dict, fuses: bool) -> None:
             assert ra["bandwidth_fraction"] == pytest.approx(w.bytes_per_epoch / best / 1e9 / copy["gbps"])
         else:  # tiny and not in the "large" group: no NumPy copy, no bandwidth ratios
             assert copy is None and ra["fused_over_copy"] is None and ra["bandwidth_fraction"] is None
+        against = r["epoch_against_copy"]  # the fastest mode's epochs and the copy, timed A, B, A, B, ...
+        if w.group in targets.COPY_GROUPS:
+            fastest = min(timed, key=lambda m: m["epoch_median_s"])
+            assert against["status"] == "ok" and against["repeats"] == 2, against
+            assert against["spe"] == (int(fastest["best_spe"]) if fastest is not ms["d2lx_step"] else 1)
+            assert against["epoch_s"] > 0 and against["copy_s"] > 0
+            assert ra["fused_over_copy_alternating"] == pytest.approx(against["epoch_s"] / against["copy_s"])
+        else:
+            assert against is None and ra["fused_over_copy_alternating"] is None
         board = r["board"]
         if w.group == "seed":  # the fit with d2l's board against the same fit with a silent one
             assert board["status"] == "ok" and board["repeats"] == 2, board
@@ -202,7 +211,8 @@ def test_targets_follow_the_ratios(doc: dict, framework_backend: str, fuses: boo
     assert "step_over_loop" not in by_ratio  # the blocks' ratio is shown, the alternating one judged
     assert by_ratio["board_share"] == {"seed/concise", "seed/scratch"}
     copy_target = fuses and framework_backend in ("jax", "tensorflow", "torch")
-    assert by_ratio.get("fused_over_copy", set()) == ({"large/concise"} if copy_target else set())
+    assert by_ratio.get("fused_over_copy_alternating", set()) == ({"large/concise"} if copy_target else set())
+    assert "fused_over_copy" not in by_ratio  # the blocks' ratio is shown, the alternating one judged
     keras_rows = by_ratio.get("keras_over_fused", set())
     assert keras_rows == ({"seed/concise", "large/concise", "mlp"} if framework_backend in KERAS_BACKENDS
                           else set())
@@ -233,10 +243,12 @@ def test_ratios_and_targets_by_hand() -> None:
     methods["d2lx_fused"] = {"status": "error", "reason": "boom"}  # a failure is not replaced
     assert targets.ratios(methods, None, w)["keras_over_fused"] is None
     large = {"workload": {**Workload("large/concise", "large", "concise", 10, 2, 5, 1, 5).as_dict()},
-             "ratios": {"step_over_loop_alternating": 1.2, "fused_over_copy": 2.5, "keras_over_fused": 0.9}}
+             "ratios": {"step_over_loop_alternating": 1.2, "fused_over_copy": 3.5,
+                        "fused_over_copy_alternating": 2.5, "keras_over_fused": 0.9}}
     rows = targets.check_targets("jax", [large], fuses=True)
     assert {(t["ratio"], t["met"]) for t in rows} == {("step_over_loop_alternating", False),
-                                                      ("fused_over_copy", True), ("keras_over_fused", False)}
+                                                      ("fused_over_copy_alternating", True),
+                                                      ("keras_over_fused", False)}
     assert {t["ratio"] for t in targets.check_targets("torch", [large], fuses=False)} == {
         "step_over_loop_alternating", "keras_over_fused"}
     assert {t["ratio"] for t in targets.check_targets("mxnet", [large], fuses=True)} == {
@@ -245,6 +257,9 @@ def test_ratios_and_targets_by_hand() -> None:
     assert targets.ratios(methods, None, w, None, {"status": "ok", "ratio": 1.3}
                           )["step_over_loop_alternating"] == pytest.approx(1.3)
     assert targets.ratios(methods, None, w, None, {"status": "error"})["step_over_loop_alternating"] is None
+    against = {"status": "ok", "ratio": 2.2}  # the epoch and the copy, timed alternately
+    assert targets.ratios(methods, None, w, None, None, against)["fused_over_copy_alternating"] == 2.2
+    assert targets.ratios(methods, None, w)["fused_over_copy_alternating"] is None
 
 
 def test_workload_definitions() -> None:
