@@ -166,7 +166,7 @@ def test_ratios_are_the_medians(doc: dict, fuses: bool) -> None:
             assert against is None and ra["fused_over_copy_alternating"] is None
         board = r["board"]
         if w.group == "seed":  # the fit with d2l's board against the same fit with a silent one
-            assert board["status"] == "ok" and board["repeats"] == 2, board
+            assert board["status"] == "ok" and board["repeats"] == 2 * runner.BOARD_REPEATS, board
             assert board["with_board_s"] > 0 and board["without_board_s"] > 0
             share = (board["with_board_s"] - board["without_board_s"]) / board["with_board_s"]
             assert ra["board_share"] == pytest.approx(share) == pytest.approx(board["share"])
