@@ -55,6 +55,8 @@ GROUPS: dict[str, tuple[str, str, str, tuple[str, ...], tuple[tuple[str, str], .
              ("fused_over_copy", "best epoch / device copy"),
              ("fused_over_copy_alternating", "best epoch / device copy, alternating"))),
 }
+#: The sweep table's method columns (its header names them).
+SWEEP_METHODS = ("d2lx_step", "d2lx_fused", "loop", "keras")
 #: Groups whose epochs are held against a copy of their data (NumPy's; the device's on a GPU).
 COPY_GROUPS = ("large", "gpu")
 
@@ -174,7 +176,7 @@ def _sweep_table(docs: list[dict[str, Any]]) -> list[str]:
         best, copy = _best_d2lx(ms), r.get("numpy_copy")
         lines.append(
             f"| {d['backend']} | {w['num_train']} | {w['num_inputs']} | {w['batch_size']} | {w['epochs']} | "
-            + " | ".join(_rate(ms.get(k, {}), "examples_per_s") for k, _ in METHODS[:4])
+            + " | ".join(_rate(ms.get(k, {}), "examples_per_s") for k in SWEEP_METHODS)
             + f" | {_rate(best, 'us_per_step')} | {_rate(ms.get('loop', {}), 'us_per_step')} | "
               f"{_rate(best, 'gbps')} | {_fmt(copy['gbps']) if copy else '-'} | "
               f"{_fmt(ra.get('bandwidth_fraction'), 2)} | {_fmt(ra.get('step_over_loop'))} |")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loops import Frozen, loader_data
+from benchmarks.targets import fastest_epoch_method
 from benchmarks.timing import best_of, error, skipped, summarize, time_interleaved, time_repeats
 from benchmarks.workloads import SEED, Workload, lr_of, splits, w_error
 
@@ -55,6 +56,37 @@ def d2lx_data(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any) -> A
     return data
 
 
+def silent_board() -> Any:
+    """A :class:`d2lx.board.ProgressBoard` that keeps no points: a fit's cost without its board."""
+    from d2lx.board import ProgressBoard
+
+    class SilentBoard(ProgressBoard):
+        def draw(self, x: Any, y: Any, label: str, every_n: int = 1) -> None:
+            pass
+
+        def draw_many(self, xs: Any, ys: Any, label: str, every_n: int = 1) -> None:
+            pass
+
+    return SilentBoard()
+
+
+def fit_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen, module: Any, spe: int = 1,
+             check_finite: bool = True, board: bool = True) -> tuple[Any, Any]:
+    """One ``Trainer.fit`` on a fresh model, on the workload's device: ``(model, trainer)``.
+
+    Every timed d2lx run is this call: by default the Trainer's own options
+    (step by step, the guard on, d2l's board); ``board=False`` gives the
+    model a board that keeps no points.
+    """
+    model = d2lx_model(ns, loop_mod, w, init)
+    if not board:
+        model.board = silent_board()
+    trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False, device=w.device,
+                         check_finite=check_finite)
+    trainer.fit(model, module)
+    return model, trainer
+
+
 def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx_data_module: Any,
               init: Frozen, repeats: int, spe: int, check_finite: bool = True) -> dict[str, Any]:
     """``Trainer(steps_per_execution=spe).fit`` on a fresh model per run (the data module is reused)."""
@@ -62,10 +94,7 @@ def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx
     epochs: list[float] = []  # the trainer's own clock of each epoch (History.seconds), every run
 
     def run() -> tuple[Any, dict[str, Any] | None]:
-        model = d2lx_model(ns, loop_mod, w, init)
-        trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False, device=w.device,
-                             check_finite=check_finite)
-        trainer.fit(model, d2lx_data_module)
+        model, trainer = fit_d2lx(ns, loop_mod, w, init, d2lx_data_module, spe, check_finite)
         epochs.extend(trainer.history.seconds)
         params = None
         if w.model != "mlp":
@@ -128,29 +157,6 @@ def time_d2lx_methods(ns: ModuleType | None, problem: str | None, loop_mod: Modu
     return out
 
 
-def silent_board() -> Any:
-    """A :class:`d2lx.board.ProgressBoard` that keeps no points: a fit's cost without its board."""
-    from d2lx.board import ProgressBoard
-
-    class SilentBoard(ProgressBoard):
-        def draw(self, x: Any, y: Any, label: str, every_n: int = 1) -> None:
-            pass
-
-        def draw_many(self, xs: Any, ys: Any, label: str, every_n: int = 1) -> None:
-            pass
-
-    return SilentBoard()
-
-
-def fit_default(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen, module: Any,
-                board: bool = True) -> None:
-    """One ``Trainer.fit`` with default options on a fresh model (``board=False``: a silent board)."""
-    model = d2lx_model(ns, loop_mod, w, init)
-    if not board:
-        model.board = silent_board()
-    ns.Trainer(max_epochs=w.epochs, progress=False, device=w.device).fit(model, module)
-
-
 def time_board_share(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, init: Frozen,
                      repeats: int) -> dict[str, Any]:
     """What d2l's board costs a fit: ``d2lx_step`` with the model's board and with a silent one.
@@ -161,8 +167,8 @@ def time_board_share(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
     """
     module = d2lx_data(ns, loop_mod, w, data)
     try:
-        with_board, without = time_interleaved(lambda: fit_default(ns, loop_mod, w, init, module),
-                                               lambda: fit_default(ns, loop_mod, w, init, module, False),
+        with_board, without = time_interleaved(lambda: fit_d2lx(ns, loop_mod, w, init, module),
+                                               lambda: fit_d2lx(ns, loop_mod, w, init, module, board=False),
                                                repeats)
     except Exception as exc:  # reported, not fatal
         return error(exc)
@@ -185,7 +191,7 @@ def time_alternating(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
     module = d2lx_data(ns, loop_mod, w, data)
     try:
         loop = loop_runner(loop_mod, w, splits(data, w), init, variant)
-        d2lx_samples, loop_samples = time_interleaved(lambda: fit_default(ns, loop_mod, w, init, module),
+        d2lx_samples, loop_samples = time_interleaved(lambda: fit_d2lx(ns, loop_mod, w, init, module),
                                                       loop, repeats)
     except Exception as exc:  # reported, not fatal
         return error(exc)
@@ -196,11 +202,7 @@ def time_alternating(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
 
 def best_mode_spe(methods: dict[str, Any]) -> int:
     """The ``steps_per_execution`` of d2lx's fastest epoch (:func:`benchmarks.targets.best_epoch`'s)."""
-    step, fused = methods.get("d2lx_step", {}), methods.get("d2lx_fused", {})
-    if fused.get("status") == "ok" and fused.get("epoch_median_s", math.inf) < step.get("epoch_median_s",
-                                                                                         math.inf):
-        return int(fused["best_spe"])
-    return 1
+    return int(methods["d2lx_fused"]["best_spe"]) if fastest_epoch_method(methods) == "d2lx_fused" else 1
 
 
 def time_epoch_against_copy(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, init: Frozen,
@@ -216,10 +218,7 @@ def time_epoch_against_copy(ns: ModuleType, loop_mod: ModuleType, w: Workload, d
     epochs: list[float] = []
 
     def fit() -> None:
-        model = d2lx_model(ns, loop_mod, w, init)
-        trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False, device=w.device)
-        trainer.fit(model, module)
-        epochs.extend(trainer.history.seconds)
+        epochs.extend(fit_d2lx(ns, loop_mod, w, init, module, spe)[1].history.seconds)
 
     try:
         _, copies = time_interleaved(fit, copy, repeats)

@@ -115,11 +115,16 @@ def best_epoch(methods: dict[str, Any]) -> float | None:
     for the concise model), once per run; the whole fit is what the
     comparisons with the hand-written loop and Keras time.
     """
+    key = fastest_epoch_method(methods)
+    return None if key is None else float(methods[key]["epoch_median_s"])
+
+
+def fastest_epoch_method(methods: dict[str, Any]) -> str | None:
+    """``"d2lx_step"`` or ``"d2lx_fused"``: the one of :func:`best_epoch` (the first on a tie)."""
     fused = methods.get("d2lx_fused", {})
     keys = ("d2lx_step",) if fused.get("same_as") == "d2lx_step" else ("d2lx_step", "d2lx_fused")
-    times = [float(methods[k]["epoch_median_s"]) for k in keys
-             if methods.get(k, {}).get("status") == "ok" and "epoch_median_s" in methods[k]]
-    return min(times, default=None)
+    timed = [k for k in keys if methods.get(k, {}).get("status") == "ok" and "epoch_median_s" in methods[k]]
+    return min(timed, key=lambda k: float(methods[k]["epoch_median_s"]), default=None)
 
 
 def gpu_bandwidth(w: Workload, epoch_s: float | None, copy: dict[str, Any] | None,

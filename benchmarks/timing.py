@@ -107,11 +107,6 @@ def numpy_copier(X: np.ndarray, y: np.ndarray) -> Callable[[], None]:
     return run
 
 
-def numpy_copy(X: np.ndarray, y: np.ndarray, repeats: int) -> dict[str, Any]:
-    """Time :func:`numpy_copier`'s copy: median seconds and GB/s."""
-    return time_copy(numpy_copier(X, y), int(X.nbytes + y.nbytes), repeats)
-
-
 def time_copy(run: Callable[[], None], nbytes: int, repeats: int) -> dict[str, Any]:
     """Time one copy of ``nbytes`` (``run`` waits for it): median seconds and GB/s of data copied
     (bytes read; the memory also writes as many)."""

@@ -33,8 +33,9 @@ class JaxOps:
             platform = next(iter(placement.device_set)).platform
             self.device_key = f"jax:{platform}:{ids}:{placement}"
         else:
-            self.device_key = f"jax:{placement.platform}:{placement.id}"
-        self.gather_block_bytes = gather_block_bytes(self.device_key.split(":")[1] == "cpu")
+            platform = placement.platform
+            self.device_key = f"jax:{platform}:{placement.id}"
+        self.gather_block_bytes = gather_block_bytes(platform == "cpu")
 
     def asarray(self, array: np.ndarray) -> jax.Array:
         return jax.device_put(np.ascontiguousarray(array), self.device)
