@@ -28,35 +28,9 @@ from d2lx.errors import InvalidArgumentError, ShapeMismatchError
 from d2lx.hyperparameters import HyperParameters
 from d2lx.loader import ArrayLoader, ArrayOps, to_numpy
 from d2lx.seeding import generator, resolve_seed
-from d2lx.validation import as_float_array, check_float, check_int
+from d2lx.validation import as_float_array, check_float, check_int, check_memory, check_scalar
 
-__all__ = ["ArrayData", "DataModule", "SyntheticRegressionData", "check_shardable", "shard_slices"]
-
-
-def shard_slices(length: int, parts: int) -> list[slice]:
-    """Split ``range(length)`` into ``parts`` contiguous slices, sizes differing by at most 1.
-
-    Data-parallel training gives each device its part of a global batch
-    (``numpy.array_split`` semantics: the first ``length % parts`` shards get
-    one example more; a shard may be empty).
-    """
-    base, extra = divmod(length, parts)
-    bounds = [0]
-    for i in range(parts):
-        bounds.append(bounds[-1] + base + (1 if i < extra else 0))
-    return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
-
-
-def check_shardable(num_examples: int, batch_size: int, devices: int) -> None:
-    """Refuse batches that would leave a device without examples (data parallelism)."""
-    last = num_examples % batch_size or batch_size
-    smallest = min(batch_size, last)
-    if smallest < devices:
-        raise InvalidArgumentError(
-            f"a batch of {smallest} example(s) cannot be split across {devices} "
-            f"devices; use batch_size >= {devices} and a num_train whose last batch "
-            f"(num_train % batch_size) is 0 or >= {devices}"
-        )
+__all__ = ["ArrayData", "DataModule", "SyntheticRegressionData"]
 
 
 def _index_key(indices: Any) -> Any:
@@ -213,7 +187,7 @@ class SyntheticRegressionData(DataModule):
             )
         if w_np.size == 0:
             raise InvalidArgumentError("w is empty; pass at least one weight, e.g. w=[2, -3.4]")
-        b_value = _scalar("b", b, example="4.2")
+        b_value = check_scalar("b", b, example="4.2")
         noise = check_float("noise", noise, nonnegative=True, float32=True, example="0.01")
         num_train = check_int("num_train", num_train, minimum=1, example="1000")
         num_val = check_int("num_val", num_val, minimum=0, example="1000")
@@ -223,7 +197,7 @@ class SyntheticRegressionData(DataModule):
                 f"batch_size={batch_size} is larger than the training set ({num_train} examples); "
                 f"use batch_size <= {num_train}"
             )
-        _check_memory(num_train + num_val, w_np.size)
+        check_memory(num_train + num_val, w_np.size)
         self.b = b  # as given, as d2l keeps it
         self.noise, self.num_train, self.num_val, self.batch_size = noise, num_train, num_val, batch_size
         self.root, self.num_workers = "../data", 4
@@ -254,32 +228,6 @@ class SyntheticRegressionData(DataModule):
 
     def val_dataloader(self) -> ArrayLoader | None:
         return None if self.num_val == 0 else self.get_dataloader(train=False)
-
-
-def _scalar(name: str, value: Any, example: str) -> float:
-    """A Python number or a one-element array of any framework, as a float32-range float."""
-    if value is None or isinstance(value, (str, bytes, bool, int, float)):
-        return check_float(name, value, float32=True, example=example)  # "must be a real number"
-    array = as_float_array(name, value, example=example).reshape(-1)
-    if array.size != 1:
-        raise InvalidArgumentError(f"{name} must be a single number, got {array.size} values")
-    return float(array[0])
-
-
-def _check_memory(rows: int, features: int) -> None:
-    """Refuse a synthetic dataset larger than this machine could hold, before allocating it."""
-    needed = rows * (features + 1) * 8 * 2  # float64 while drawing, plus the float32 copies
-    try:
-        import os
-
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if needed > available:
-        raise InvalidArgumentError(
-            f"{rows} examples x {features} features need about {needed / 2**30:.1f} GiB to generate, "
-            f"more than this machine's {available / 2**30:.1f} GiB of memory; use fewer examples"
-        )
 
 
 class ArrayData(DataModule):

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from d2lx import checkpoint
+from d2lx.batches import Batches
 from d2lx.errors import CheckpointError, InvalidArgumentError
 from d2lx.linear import LinearModel
-from d2lx.loader import ArrayLoader, Batches
+from d2lx.loader import ArrayLoader
 
 #: Trainer settings that change the experiment (max_epochs may grow; fusing and devices do not).
 TRAINER_KEYS = ("gradient_clip_val",)

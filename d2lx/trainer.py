@@ -1,13 +1,14 @@
-"""The framework-neutral ``Trainer``: options, ``fit``, the default ``fit_epoch``, the guard.
+"""The framework-neutral ``Trainer``: options, ``fit``, preparing data and model, checkpoints.
 
 The core owns the control flow (see :mod:`d2lx.step` for the contract):
 ``fit`` prepares data and model, builds the adapter's :class:`~d2lx.step.Step`
-and runs the epochs; the default :meth:`TrainerBase.fit_epoch` iterates the
-loaders (or hands d2lx's own loaders to the step's compiled epoch), records
-the losses the step returns, raises on divergence and validates. A reader's
-d2l-style ``fit_epoch`` (``@d2l.add_to_class(d2l.Trainer)``) replaces the
-default and still gets history, board, divergence stop and checkpoints: its
-``self.plot('loss', ...)`` calls reach :meth:`TrainerBase.observe`.
+and runs the epochs of :class:`d2lx.epoch_loop.EpochLoop`, whose default
+``fit_epoch`` iterates the loaders (or hands d2lx's own loaders to the step's
+compiled epoch), records the losses the step returns, raises on divergence
+and validates. A reader's d2l-style ``fit_epoch``
+(``@d2l.add_to_class(d2l.Trainer)``) replaces that default and still gets
+history, board, divergence stop and checkpoints: its ``self.plot('loss',
+...)`` calls reach :meth:`TrainerBase.observe`.
 
 An adapter's ``Trainer`` implements the hooks marked below: devices, array
 primitives, placing the model, building the step, and the optimizer's and
@@ -16,7 +17,6 @@ model's state for checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,31 +26,22 @@ from typing import Any, ClassVar
 import numpy as np
 
 from d2lx import resume
+from d2lx.batches import as_loader, check_same_features, first_batch, known_length
 from d2lx.data import DataModule
 from d2lx.devices import DeviceSpec, resolve_devices
+from d2lx.epoch_loop import EpochLoop
 from d2lx.errors import ArgumentTypeError, InvalidArgumentError
-from d2lx.guard import raise_divergence, raise_if_not_finite
-from d2lx.history import History, LossMeter
+from d2lx.history import History
 from d2lx.hyperparameters import HyperParameters
-from d2lx.loader import (
-    ArrayLoader,
-    ArrayOps,
-    Batch,
-    as_loader,
-    batch_size_of,
-    check_same_features,
-    first_batch,
-    known_length,
-)
+from d2lx.loader import ArrayLoader, ArrayOps, Batch
 from d2lx.module import ModuleBase
 from d2lx.outputs import check_output_path
-from d2lx.progress import progress_bar, progress_enabled
 from d2lx.reporting import Reporting
 from d2lx.step import Step
 from d2lx.validation import check_float, check_int
 
 
-class TrainerBase(Reporting, HyperParameters):
+class TrainerBase(Reporting, EpochLoop, HyperParameters):
     """d2l's ``Trainer(max_epochs, num_gpus=0, gradient_clip_val=0)`` plus d2lx options.
 
     Keyword-only options:
@@ -256,78 +247,6 @@ class TrainerBase(Reporting, HyperParameters):
             self.plot(self.plot_path)
         return self.history
 
-    def _run_epochs(self) -> None:
-        """The epochs from ``epochs_done`` to ``max_epochs`` on the prepared model and data."""
-        self._step = self.make_step()
-        self._train_meter = LossMeter(self.ops.to_host)
-        self._val_meter = LossMeter(self.ops.to_host)
-        enabled = progress_enabled(self.progress) and self.is_global_zero
-        bar = progress_bar(self.max_epochs, f"{self.backend_name} fit", enabled, initial=self.epochs_done)
-        with contextlib.closing(bar):
-            for epoch in range(self.epochs_done, self.max_epochs):
-                self.epoch = epoch
-                epoch_start, first_step = time.perf_counter(), self.train_batch_idx
-                self._train_meter.reset()
-                self._val_meter.reset()
-                self._board_fed = False
-                self.fit_epoch()
-                train = self._train_meter.host_values()
-                val = self._val_meter.host_values()
-                if self.check_finite:
-                    raise_if_not_finite(self, val, train)
-                if not self._board_fed:
-                    self._feed_board(train, val, first_step)
-                train_loss = self._train_meter.mean(weighted=False)
-                val_loss = self._val_meter.mean(weighted=True)
-                self.history.append(epoch, train_loss, val_loss, time.perf_counter() - epoch_start)
-                self.epochs_done = epoch + 1
-                bar.set_postfix_str(f"train {train_loss:.4g} val {val_loss:.4g}", refresh=False)
-                bar.update(1)
-                for callback in self.callbacks:
-                    callback(self)
-
-    def fit_epoch(self) -> None:
-        """One epoch: the step's compiled epoch if it has one, else step by step; then validation."""
-        step = self._step
-        assert step is not None, "fit() builds the step first"
-        step.begin_epoch()
-        first = self.train_batch_idx
-        train, val = self.train_dataloader, self.val_dataloader
-        if isinstance(train, ArrayLoader) and (val is None or isinstance(val, ArrayLoader)):
-            result = step.run_epoch(train, val, self.steps_per_execution)
-            if result is not None:
-                sizes = train.batch_sizes()[:len(result.train_losses)]
-                self._train_meter.add_many(result.train_losses, sizes)
-                if result.divergence is not None:
-                    raise_divergence(self, first, result.divergence)
-                self.train_batch_idx += len(train)
-                if val is not None and result.val_losses is not None:
-                    self._val_meter.add_many(result.val_losses, val.batch_sizes())
-                    self.val_batch_idx += len(val)
-                return
-        # The per-step loop: every attribute it needs is looked up once (this is the hot path of
-        # eager backends, where a step takes tens of microseconds).
-        step.set_training(True)
-        prepare, train_step, record = self._batch_mover(train, step), step.train, self._train_meter.add
-        host_guard, divergence = step.host_guard, step.divergence
-        for batch in train:
-            batch = prepare(batch)
-            record(train_step(batch), batch_size_of(batch))
-            self.train_batch_idx += 1
-            if host_guard and divergence() is not None:
-                self._check(step, first)  # puts train_batch_idx back at the refused step
-        self._check(step, first, end_of_epoch=True)
-        self.num_train_batches = known_length(train) or self.train_batch_idx - first
-        if val is None:
-            return
-        step.set_training(False)
-        prepare, evaluate, record = self._batch_mover(val, step), step.evaluate, self._val_meter.add
-        for batch in val:
-            batch = prepare(batch)
-            record(evaluate(batch), batch_size_of(batch))
-            self.val_batch_idx += 1
-        self.num_val_batches = known_length(val) or self.num_val_batches
-
     def _batch_mover(self, loader: Any, step: Step) -> Callable[[Batch], Batch]:
         """What the loop applies to a batch before the step: ``prepare_batch``, or nothing.
 
@@ -342,11 +261,6 @@ class TrainerBase(Reporting, HyperParameters):
         if isinstance(loader, ArrayLoader) and type(self).prepare_batch is TrainerBase.prepare_batch:
             return _unchanged
         return self.prepare_batch
-
-    def _check(self, step: Step, first: int, end_of_epoch: bool = False) -> None:
-        divergence = step.divergence(end_of_epoch)
-        if divergence is not None:
-            raise_divergence(self, first, divergence)
 
     # -- checkpoints and results --------------------------------------------------------------
     def save_checkpoint(self, path: str | Path) -> Path:

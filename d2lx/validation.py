@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 import numpy as np
 
 from d2lx.errors import ArgumentTypeError, InvalidArgumentError, NonFiniteDataError
+from d2lx.loader import to_numpy
 
 
 def _type_error(name: str, value: Any, expected: str, example: str) -> ArgumentTypeError:
@@ -97,8 +99,6 @@ def as_float_array(name: str, value: Any, *, example: str) -> np.ndarray:
     numbers (the imaginary part would be dropped), NaN/inf, and values beyond
     float32's range (they would become inf on the device).
     """
-    from d2lx.loader import to_numpy  # local: loader imports this module's errors only
-
     if value is None:
         raise ArgumentTypeError(f"{name} is None; pass numbers, e.g. {name}={example}")
     try:
@@ -134,3 +134,27 @@ def as_float_array(name: str, value: Any, *, example: str) -> np.ndarray:
                 "rescale the data"
             )
     return array.astype(np.float32, copy=False)
+
+
+def check_scalar(name: str, value: Any, example: str) -> float:
+    """A Python number or a one-element array of any framework, as a float32-range float."""
+    if value is None or isinstance(value, (str, bytes, bool, int, float)):
+        return check_float(name, value, float32=True, example=example)  # "must be a real number"
+    array = as_float_array(name, value, example=example).reshape(-1)
+    if array.size != 1:
+        raise InvalidArgumentError(f"{name} must be a single number, got {array.size} values")
+    return float(array[0])
+
+
+def check_memory(rows: int, features: int) -> None:
+    """Refuse a synthetic dataset larger than this machine could hold, before allocating it."""
+    needed = rows * (features + 1) * 8 * 2  # float64 while drawing, plus the float32 copies
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > available:
+        raise InvalidArgumentError(
+            f"{rows} examples x {features} features need about {needed / 2**30:.1f} GiB to generate, "
+            f"more than this machine's {available / 2**30:.1f} GiB of memory; use fewer examples"
+        )

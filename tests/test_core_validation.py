@@ -84,7 +84,7 @@ def test_device_parsing_and_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_shard_slices_cover_a_batch_exactly() -> None:
-    from d2lx.data import shard_slices
+    from d2lx.sharding import shard_slices
 
     for length in range(0, 12):
         for parts in range(1, 5):

@@ -24,7 +24,8 @@ import d2lx.tensorflow as d2l  # noqa: E402  (the reader's namespace)
 from d2lx import checkpoint  # noqa: E402
 from d2lx.backends.tensorflow.distributed import shard_bounds  # noqa: E402
 from d2lx.checkpoint import ModelCheckpoint  # noqa: E402
-from d2lx.data import ArrayData, SyntheticRegressionData, shard_slices  # noqa: E402
+from d2lx.data import ArrayData, SyntheticRegressionData  # noqa: E402
+from d2lx.sharding import shard_slices  # noqa: E402
 
 
 def _in_fresh_process(code: str, tmp_path: Path) -> dict[str, Any]:

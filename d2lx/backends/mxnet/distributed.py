@@ -3,7 +3,7 @@
 One process drives several contexts (``mx.cpu(0), mx.cpu(1)`` or
 ``mx.gpu(0), mx.gpu(1)``), as in d2l's "Concise Implementation for Multiple
 GPUs" (d2l 13.6): every parameter has one copy per context, each global
-batch is cut into contiguous shards (:func:`d2lx.data.shard_slices`), one per
+batch is cut into contiguous shards (:func:`d2lx.sharding.shard_slices`), one per
 context, and the contexts' gradients are summed by a ``device`` kvstore
 (Gluon's ``Trainer(kvstore='device')`` for Gluon parameters, the same kvstore
 type driven with ``pushpull`` for a scratch model's ``attach_grad`` arrays).
@@ -26,9 +26,9 @@ import mxnet as mx
 from mxnet import autograd, gluon, np
 
 from d2lx.backends.mxnet.step import MXNetStep, scalar_loss
-from d2lx.data import check_shardable, shard_slices
 from d2lx.errors import InvalidArgumentError
 from d2lx.loader import Batch
+from d2lx.sharding import check_shardable, shard_slices
 from d2lx.step import step_loss
 
 

@@ -9,7 +9,7 @@ as in TensorFlow's "custom training loop with ``tf.distribute``" guide:
   device, kept equal by updates applied to every copy.
 * Each compiled training step receives the whole global batch;
   ``strategy.run`` runs the model's ``training_step`` once per device on
-  that device's contiguous shard (the split of :func:`d2lx.data.shard_slices`,
+  that device's contiguous shard (the split of :func:`d2lx.sharding.shard_slices`,
   computed in the graph because the last batch is shorter) under its own
   ``GradientTape``.
 * Shards may differ in size by one example, so each replica's mean loss is
@@ -41,9 +41,9 @@ from typing import Any
 import tensorflow as tf
 
 from d2lx.backends.tensorflow.step import TFStep
-from d2lx.data import check_shardable
 from d2lx.errors import InvalidArgumentError
 from d2lx.loader import Batch
+from d2lx.sharding import check_shardable
 
 
 def ensure_logical_cpus(count: int) -> None:
@@ -77,7 +77,7 @@ def ensure_logical_cpus(count: int) -> None:
 def shard_bounds(n: tf.Tensor, world: int, replica: Any) -> tuple[tf.Tensor, tf.Tensor]:
     """``(start, size)`` of ``replica``'s shard of ``n`` examples, in the graph.
 
-    The same split as :func:`d2lx.data.shard_slices` (``numpy.array_split``):
+    The same split as :func:`d2lx.sharding.shard_slices` (``numpy.array_split``):
     the first ``n % world`` replicas get one example more.
     """
     replica = tf.cast(replica, n.dtype)

@@ -3,7 +3,7 @@
 One process per device, started by ``torchrun`` (or ``d2lx fit --devices N``,
 which starts torchrun for you). Every process builds the same seeded data and
 draws the same shuffling order; each takes its contiguous shard of every
-global batch (:func:`d2lx.data.shard_slices`). The step runs through
+global batch (:func:`d2lx.sharding.shard_slices`). The step runs through
 ``DistributedDataParallel`` (gloo on CPU, nccl on GPU), which all-reduces and
 *averages* the gradients. Shards may differ in size by one example, so each
 process scales its shard's mean loss by ``shard * world / batch``: the average
@@ -28,10 +28,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from d2lx.backends.torch.step import TorchStep
-from d2lx.data import check_shardable, shard_slices
 from d2lx.devices import DeviceSpec
 from d2lx.errors import InvalidArgumentError
 from d2lx.loader import Batch
+from d2lx.sharding import check_shardable, shard_slices
 
 
 class _TrainingStep(nn.Module):
