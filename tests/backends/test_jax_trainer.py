@@ -342,3 +342,43 @@ def test_gpu_run_keeps_data_and_state_on_the_gpu() -> None:
     gpu = jax.devices("gpu")[0]
     assert trainer.state.params["w"].devices() == {gpu}
     assert trainer.train_dataloader.tensors[0].devices() == {gpu}
+
+
+@pytest.mark.parametrize("bad", [None, 3])
+def test_other_loaders_carry_the_step_count_and_the_last_applied_gradients(bad: int | None) -> None:
+    """Over a list of NumPy batches (one compiled call per batch): after the epoch, or after the
+    step refused for a NaN batch, ``state.step`` counts the applied steps and ``get_grads`` is the
+    last applied step's gradient, both as a float64 NumPy SGD of the same batches says."""
+    from oracle import grads_at
+
+    from d2lx.experiment import build_model
+    from d2lx.seeding import generator, initial_linear_params
+
+    rng = np.random.default_rng(4)
+    batches = [(rng.standard_normal((8, 3)).astype(np.float32),
+                rng.standard_normal((8, 1)).astype(np.float32)) for _ in range(5)]
+    if bad is not None:
+        batches[bad][0][2, 1] = np.nan
+
+    class Listed(d2l.DataModule):  # type: ignore[misc, name-defined]
+        def get_dataloader(self, train: bool) -> Any:
+            return batches
+
+    lr = 0.05
+    net = build_model(d2l, "scratch", 3, lr, 7)
+    trainer = d2l.Trainer(max_epochs=1, progress=False)
+    applied = 5 if bad is None else bad
+    if bad is None:
+        trainer.fit(net, Listed())
+    else:
+        with pytest.raises(d2lx.NonFiniteDataError, match=f"training batch {bad} "):
+            trainer.fit(net, Listed())
+    w, b = (p.astype(np.float64) for p in initial_linear_params(generator("params", 7), 3, 0.01))
+    for X, y in batches[:applied]:
+        gw, gb = grads_at(X, y, w, b, model="scratch")
+        w, b = w - lr * gw, b - lr * gb
+    assert int(trainer.state.step) == applied
+    got_w, got_b = net.get_grads()
+    np.testing.assert_allclose(got_w, gw, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got_b, gb, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(net.get_w_b()[0], w, rtol=1e-4, atol=1e-6)

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 from d2lx.backends.jax.distributed import shard_batch
 from d2lx.backends.jax.module import (
@@ -50,13 +51,21 @@ from d2lx.step import step_loss
 
 
 class Carry(NamedTuple):
-    """What a compiled training call threads from step to step, all on the device."""
+    """What a compiled training call threads from step to step, all on the device.
 
-    state: ArrayState
-    grads: Params  # the gradients of the last applied step (what get_grads() returns)
-    #: int32[4]: [a step of this epoch was refused (0/1), index of the first refused step (-1: none),
-    #: 1 + index in d2lx.step.CAUSES of why (0: none), steps done in this epoch]. One array, not
-    #: four: each array a compiled call takes and returns costs about a microsecond of dispatch.
+    As few arrays as the step allows: each array a compiled call takes and
+    returns costs about a microsecond of dispatch, where a small model's
+    whole step on a CPU takes some 30 us. So the train state's step counter
+    rides in ``status`` and the gradients travel as one vector (raveling
+    fuses into the select that keeps or replaces them, so it adds no pass
+    over memory); :func:`carried` gives both back in their own form.
+    """
+
+    state: ArrayState  # its ``step`` is None: the count is status[4]
+    #: the gradients of the last applied step (what get_grads() returns), raveled into one vector
+    grads: jax.Array
+    #: int32[5]: [a step of this epoch was refused (0/1), index of the first refused step (-1: none),
+    #: 1 + index in d2lx.step.CAUSES of why (0: none), steps done in this epoch, the train state's step]
     status: jax.Array
     #: float32[steps]: each step's loss at its index; ``None`` for single batches (the loss is returned),
     #: so their calls pass and return no array for it (every array is dispatch time on a small step)
@@ -70,6 +79,11 @@ class Carry(NamedTuple):
     def pos(self) -> jax.Array:
         """Steps done in this epoch (= the position of the next batch)."""
         return self.status[3]
+
+    @property
+    def train_state(self) -> ArrayState:
+        """The train state's arrays, the step counter back in place."""
+        return self.state._replace(step=self.status[4])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +143,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def train_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> tuple[Carry, jax.Array]:
     """One guarded optimizer step as a pure function of the carry and one batch."""
-    state = bind_state(spec, carry.state, rng)
+    state = bind_state(spec, carry.train_state, rng)
     batch = _prepared(spec, batch)
     out, _ = _call(spec, "training_step", state.params, batch, state)
     if not (isinstance(out, tuple) and len(out) == 2) or isinstance(out[0], tuple):
@@ -145,14 +159,17 @@ def train_step(spec: StepSpec, carry: Carry, rng: jax.Array, batch: Batch) -> tu
     data_ok = _all_finite(batch) if spec.check_data else jnp.bool_(True)
     ok = (loss_ok & params_ok & data_ok) if spec.check_finite else jnp.bool_(True)
     apply = ok & ~carry.diverged
-    new_state, grads = jax.tree_util.tree_map(lambda new, old: jnp.where(apply, new, old),
-                                              (new_state, grads), (carry.state, carry.grads))
+    new_step = jnp.asarray(new_state.step, jnp.int32)
+    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(apply, new, old),
+                                       new_state._replace(step=None), carry.state)
+    flat_grads = jnp.where(apply, ravel_pytree(grads)[0].astype(carry.grads.dtype), carry.grads)
     first_bad = ~ok & ~carry.diverged
     cause = jnp.where(~data_ok, 3, jnp.where(~loss_ok, 1, 2)).astype(jnp.int32)
     status = jnp.stack([(carry.diverged | ~ok).astype(jnp.int32),
                         jnp.where(first_bad, carry.pos, carry.status[1]),
-                        jnp.where(first_bad, cause, carry.status[2]), carry.pos + 1])
-    new = Carry(state=new_state, grads=grads, status=status,
+                        jnp.where(first_bad, cause, carry.status[2]), carry.pos + 1,
+                        jnp.where(apply, new_step, carry.status[4])])
+    new = Carry(state=new_state, grads=flat_grads, status=status,
                 losses=None if carry.losses is None else carry.losses.at[carry.pos].set(loss))
     return new, loss
 
@@ -229,9 +246,18 @@ def finish(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[jax.Array, .
     return jnp.concatenate([losses, flags, val_losses])
 
 
-def fresh_flags(steps: int) -> tuple[jax.Array, jax.Array | None]:
-    """The status "not diverged, no bad step, no cause, position 0" and room for ``steps`` losses."""
-    return jnp.array([0, -1, 0, 0], jnp.int32), jnp.zeros((steps,), jnp.float32) if steps else None
+def new_carry(state: ArrayState, grads: Params, steps: int) -> Carry:
+    """An epoch's first carry (inside a trace): the status "not diverged, no bad step, no cause,
+    position 0" with the state's step, the gradients raveled, and room for ``steps`` losses."""
+    status = jnp.stack([jnp.int32(0), jnp.int32(-1), jnp.int32(0), jnp.int32(0),
+                        jnp.asarray(state.step, jnp.int32)])
+    return Carry(state._replace(step=None), ravel_pytree(grads)[0], status,
+                 jnp.zeros((steps,), jnp.float32) if steps else None)
+
+
+def carried(carry: Carry, params: Params) -> tuple[ArrayState, Params]:
+    """The carry's train state and its gradients as a tree shaped like ``params`` (their structure)."""
+    return carry.train_state, ravel_pytree(params)[1](carry.grads)
 
 
 def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
@@ -240,16 +266,23 @@ def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
     """A whole epoch in one call: every step (each gathering its batch), the tail, validation, the record."""
     n = tensors[0].shape[0]
     full, tail = divmod(n, batch_size)
-    carry = Carry(state, grads, *fresh_flags(full + (1 if tail else 0)))
+    carry = new_carry(state, grads, full + (1 if tail else 0))
     if full:
         carry = run_chunk(spec, carry, rng, tensors, order, full, batch_size)
     if tail:
         carry = tail_step(spec, carry, rng, tensors, order, batch_size)
-    return carry.state, carry.grads, finish(spec, carry, rng, val, val_batch_size)
+    return (*carried(carry, state.params), finish(spec, carry, rng, val, val_batch_size))
 
 
-def read_flags(carry: Carry) -> jax.Array:
-    return carry.status[:3]
+def finish_chunks(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[jax.Array, ...] | None,
+                  val_batch_size: int, params: Params) -> tuple[ArrayState, Params, jax.Array]:
+    """After an epoch's chunk calls: the train state, the gradients and the record (:func:`finish`)."""
+    return (*carried(carry, params), finish(spec, carry, rng, val, val_batch_size))
+
+
+def read_carry(carry: Carry, params: Params) -> tuple[jax.Array, ArrayState, Params]:
+    """After an epoch of single batches: the latch, the train state and the gradients."""
+    return (carry.status[:3], *carried(carry, params))
 
 
 class Programs(NamedTuple):
@@ -257,7 +290,7 @@ class Programs(NamedTuple):
 
     chunk: Callable[..., Carry]
     tail: Callable[..., Carry]
-    finish: Callable[..., jax.Array]
+    finish: Callable[..., tuple[ArrayState, Params, jax.Array]]
     epoch: Callable[..., tuple[ArrayState, Params, jax.Array]]
     batch: Callable[..., tuple[Carry, jax.Array]]
     eval_batch: Callable[..., jax.Array]
@@ -283,7 +316,7 @@ def _build(spec: StepSpec) -> tuple[StepSpec, Programs]:
     return stored, Programs(
         chunk=jax.jit(bind(run_chunk, stored), static_argnums=(4, 5), donate_argnums=0),
         tail=jax.jit(bind(tail_step, stored), static_argnums=4, donate_argnums=0),
-        finish=jax.jit(bind(finish, stored), static_argnums=3),
+        finish=jax.jit(bind(finish_chunks, stored), static_argnums=3),
         epoch=jax.jit(bind(run_epoch, stored), static_argnums=(5, 7)),
         batch=jax.jit(bind(train_step, stored), donate_argnums=0),
         eval_batch=jax.jit(bind(eval_batch, stored)))
@@ -301,10 +334,9 @@ def begin_carry(state: ArrayState, grads: Params, steps: int, order: Any = None)
     costs about 100 us of Python.
     """
     copy = functools.partial(jnp.array, copy=True)
-    return Carry(jax.tree_util.tree_map(copy, state), jax.tree_util.tree_map(copy, grads),
-                 *fresh_flags(steps)), order
+    return new_carry(jax.tree_util.tree_map(copy, state), grads, steps), order
 
 
 begin = jax.jit(begin_carry, static_argnums=2)
 zeros_like = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree))
-read = jax.jit(read_flags)
+read = jax.jit(read_carry)

@@ -10,6 +10,7 @@ come, host arrays and all.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,8 @@ class JaxStep:
         self._spec = spec  # the run's StepSpec for d2lx's loaders (False) or other loaders (True)
         self._carry: Carry | None = None
         self._programs: Programs | None = None  # other loaders' programs (one fit: one spec)
-        self._eval_state: tuple[Any, Any] = (None, None)  # (train state, its arrays) for evaluate
+        self._eval_state: tuple[Any, Any] = (None, None)  # (train state, its evaluate call)
+        self._train_call: Callable[[Carry, Batch], tuple[Carry, jax.Array]] | None = None
 
     def begin_epoch(self) -> None:
         self._carry = None
@@ -94,7 +96,7 @@ class JaxStep:
                 carry, done = fns.chunk(carry, rng, tensors, order_on_device, k, train.batch_size), done + k
             if full < steps:
                 carry = fns.tail(carry, rng, tensors, order_on_device, train.batch_size)
-            state, grads, record = carry.state, carry.grads, fns.finish(carry, rng, val_tensors, val_bs)
+            state, grads, record = fns.finish(carry, rng, val_tensors, val_bs, trainer.state.params)
         host = np.asarray(jax.device_get(record))  # the epoch's one device-to-host transfer
         divergence = divergence_of(host[steps:steps + 3])
         applied = divergence is None or divergence.step > 0 or trainer.last_grads is not None
@@ -109,50 +111,58 @@ class JaxStep:
         return self._programs
 
     def train(self, batch: Batch) -> jax.Array:
-        if self._carry is None:
+        if self._carry is None:  # the epoch's first batch: what every call of the epoch shares
             state, _ = strip_state(self.trainer.state)
             self._carry = begin(state, self._grads(), 0)[0]  # a copy: the calls below donate their carry
-        self._carry, loss = _call_with_host_arrays(self._batch_programs().batch, self._carry,
-                                                   self.trainer.state.dropout_rng, batch)
+            self._train_call = batch_caller(self._batch_programs().batch, self.trainer.state.dropout_rng)
+        call = self._train_call
+        assert call is not None
+        self._carry, loss = call(self._carry, batch)
         return loss
 
     def evaluate(self, batch: Batch) -> jax.Array:
         state = self.trainer.state
         if self._eval_state[0] is not state:  # the state changes once per epoch, not per batch
-            self._eval_state = (state, strip_state(state)[0])
-        return _call_with_host_arrays(self._batch_programs().eval_batch, self._eval_state[1],
-                                      state.dropout_rng, batch)
+            call = batch_caller(self._batch_programs().eval_batch, state.dropout_rng)
+            self._eval_state = (state, functools.partial(call, strip_state(state)[0]))
+        return self._eval_state[1](batch)
 
     def divergence(self, end_of_epoch: bool = False) -> Divergence | None:
         carry = self._carry
         if not end_of_epoch or carry is None:
             return None
-        divergence = divergence_of(np.asarray(jax.device_get(read(carry))))
-        self._finish(carry.state, carry.grads, applied=divergence is None or divergence.step > 0)
+        flags, state, grads = read(carry, self.trainer.state.params)
+        divergence = divergence_of(np.asarray(jax.device_get(flags)))
+        self._finish(state, grads, applied=divergence is None or divergence.step > 0)
         self._carry = None
         return divergence
 
 
 def host_batch(batch: Batch) -> Batch:
     """``batch`` with every array that is not JAX's as NumPy (float64 to float32), for a jitted call."""
-    return tuple(a if isinstance(a, jax.Array) else host_array(a) for a in batch)
+    return tuple([a if isinstance(a, jax.Array) else host_array(a) for a in batch])
 
 
-def _call_with_host_arrays(fn: Callable[..., Any], carry: Any, rng: jax.Array, batch: Batch) -> Any:
-    """``fn(carry, rng, batch)`` where the batch may hold host arrays (NumPy, other frameworks').
+def batch_caller(fn: Callable[..., Any], rng: jax.Array) -> Callable[[Any, Batch], Any]:
+    """``call(carry, batch)``: ``fn(carry, rng, batch)`` where the batch may hold host arrays.
 
     A jitted call copies NumPy arguments to the device in its C++ dispatch
     (about 10 us); ``jax.device_put`` first costs about 100 us of Python per
     array. Float64 is narrowed to float32 as everywhere in d2lx. Under a
     user's ``jax.transfer_guard`` the copy is allowed explicitly, as it is
-    the one d2lx means to make.
+    the one d2lx means to make. Made once per epoch, so that a batch's call
+    reads neither the guard's setting nor the train state's key again (a
+    small step costs only tens of microseconds).
     """
-    batch = host_batch(batch)
     if jax.config.jax_transfer_guard_host_to_device in (None, "allow") \
             and jax.config.jax_transfer_guard in (None, "allow"):
-        return fn(carry, rng, batch)
-    with order_transfer():
-        return fn(carry, rng, batch)
+        def call(carry: Any, batch: Batch) -> Any:
+            return fn(carry, rng, host_batch(batch))
+    else:
+        def call(carry: Any, batch: Batch) -> Any:
+            with order_transfer():
+                return fn(carry, rng, host_batch(batch))
+    return call
 
 
 def join(arrays: tuple[Any, ...], like: Any) -> Any:

@@ -23,8 +23,8 @@ from d2lx.backends.jax.compiled import (
     Carry,
     Programs,
     StepSpec,
+    begin_carry,
     clip_by_global_norm,
-    fresh_flags,
     programs,
     zeros_like,
 )
@@ -205,7 +205,7 @@ class Trainer(TrainerBase):
         """The carry an epoch starts from: the train state's arrays, the last gradients, fresh flags."""
         assert self.state is not None, "fit() creates the train state first"
         grads = self.last_grads if self.last_grads is not None else zeros_like(self.state.params)
-        return Carry(strip_state(self.state)[0], grads, *fresh_flags(0))
+        return begin_carry(strip_state(self.state)[0], grads, 0)[0]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _leaves(self, tree: Any) -> dict[str, np.ndarray]:
