@@ -22,7 +22,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import d2lx  # noqa: E402
 from d2lx import jax as d2l  # noqa: E402
-from d2lx.backends.jax.compiled import Carry, train_step  # noqa: E402
+from d2lx.backends.jax.carry import Carry  # noqa: E402
+from d2lx.backends.jax.compiled import train_step  # noqa: E402
 from d2lx.data import SyntheticRegressionData  # noqa: E402
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}

@@ -17,7 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from d2lx.backends.jax.compiled import Carry, Programs, StepSpec, begin, programs, read, zeros_like
+from d2lx.backends.jax.carry import Carry, begin, read, zeros_like
+from d2lx.backends.jax.compiled import Programs, StepSpec, programs
 from d2lx.backends.jax.module import ArrayState, Params, join_opt_state, split_opt_state, strip_state
 from d2lx.loader import ArrayLoader, Batch, host_array
 from d2lx.step import CAUSES, Divergence, EpochResult

@@ -19,15 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from d2lx.backends.jax.compiled import (
-    Carry,
-    Programs,
-    StepSpec,
-    begin_carry,
-    clip_by_global_norm,
-    programs,
-    zeros_like,
-)
+from d2lx.backends.jax.carry import Carry, begin_carry, zeros_like
+from d2lx.backends.jax.compiled import Programs, StepSpec, clip_by_global_norm, programs
 from d2lx.backends.jax.distributed import make_mesh
 from d2lx.backends.jax.module import ByIdentity, Module, Params, TrainState, module_key, strip_state
 from d2lx.backends.jax.ops import JaxOps, gpu_devices, place
