@@ -25,19 +25,21 @@ grid point whose loss diverges (``lr`` too large) is recorded with status
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
+import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from d2lx import registry
-from d2lx.errors import DivergenceError, InvalidArgumentError
+from d2lx.errors import ArgumentTypeError, DivergenceError, InvalidArgumentError
 from d2lx.experiment import MODEL_KINDS, SEED_B, SEED_W, run_fit
+from d2lx.outputs import check_output_path
 from d2lx.progress import progress_bar, progress_enabled
+from d2lx.sweep_files import plot_sweep, write_csv
 
 SweepKind = Literal["lr", "epochs", "data"]
 SWEEP_KINDS: tuple[str, ...] = ("lr", "epochs", "data")
@@ -48,9 +50,6 @@ DATA_SIZES: tuple[int, ...] = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1
 LEARNING_RATES: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 MAX_EPOCHS = 10
 DATA_STEPS = 1000
-
-_LABELS = {"lr": "learning rate", "epochs": "epochs", "data": "training examples (n)"}
-
 
 @dataclass
 class SweepPoint:
@@ -230,88 +229,21 @@ def _run_point(kind: str, value: float, backend: str, *, model: str, seed: int |
                  fit_seconds=fit.fit_seconds, status="ok", framework_version=fit.framework_version)
 
 
-def write_csv(result: SweepResult, path: str | Path) -> Path:
-    """Write one row per grid point and backend; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = [f.name for f in fields(SweepPoint)]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for point in result.points:
-            writer.writerow(asdict(point))
-    return path
-
-
-def plot_sweep(result: SweepResult, path: str | Path) -> Path:
-    """Plot ``||w_hat - w||`` and ``|b_hat - b|`` against the swept value (PNG, Agg)."""
-    from d2lx.plotting import pyplot
-
-    plt = pyplot()
-    from matplotlib import ticker
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120, sharex=True)
-    titles = (r"$\|\hat{\mathbf{w}} - \mathbf{w}\|_2$", r"$|\hat{b} - b|$")
-    markers = "osD^v<>"
-    for i, name in enumerate(result.backends):
-        x, w_err, b_err = result.errors(name)
-        for ax, err in zip(axes, (w_err, b_err)):
-            ok = np.isfinite(err) & (err > 0)
-            ax.plot(x[ok], err[ok], marker=markers[i % len(markers)], ms=4, lw=1.2,
-                    label=name, alpha=0.85)
-            bad = ~np.isfinite(err)
-            if bad.any():  # diverged: an x at the top edge of the axes
-                ax.plot(x[bad], np.full(bad.sum(), 0.96), "x", color="crimson", ms=7,
-                        transform=ax.get_xaxis_transform(), clip_on=False,
-                        label="diverged" if i == 0 else None)
-    if result.kind == "data":  # the least-squares rate, for exercise 5.2
-        n = np.array(sorted({p.value for p in result.points}), dtype=float)
-        d = result.num_inputs
-        axes[0].plot(n, result.noise * np.sqrt(d / n), "--", color="grey", lw=1,
-                     label=r"$\sigma\sqrt{d/n}$")
-        axes[1].plot(n, result.noise / np.sqrt(n), "--", color="grey", lw=1, label=r"$\sigma/\sqrt{n}$")
-    for ax, title in zip(axes, titles):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(_LABELS[result.kind])
-        ax.set_yscale("log")
-        if result.kind in ("lr", "data"):
-            ax.set_xscale("log")
-        # Ticks at 1, 2, 5 x 10^k, labelled unless the axis spans many decades.
-        ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
-        ax.yaxis.set_minor_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False,
-                                                                     minor_thresholds=(2.5, 2.5)))
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("estimation error")
-    first = result.points[0] if result.points else None
-    held = ""
-    if first is not None:
-        if result.kind == "lr":
-            held = f"{first.epochs} epochs, n={first.num_train}"
-        elif result.kind == "epochs":
-            held = f"lr={first.lr:g}, n={first.num_train}"
-        else:
-            epochs = {p.epochs for p in result.points}
-            budget = f"{first.epochs} epochs" if len(epochs) == 1 else "same step budget per size"
-            held = f"lr={first.lr:g}, {budget}"
-        held += f", batch<={max(p.batch_size for p in result.points)}, seed {first.seed}"
-    fig.suptitle(f"d2lx sweep {result.kind}: {result.model} model ({held})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def run_sweep(kind: str, out: str | Path = "sweeps", **kwargs: Any) -> tuple[SweepResult, Path, Path]:
     """:func:`sweep` (same keyword arguments), then write ``OUT/sweep_<kind>.csv`` and
-    ``OUT/sweep_<kind>.png``; return the result and both paths."""
-    result = sweep(kind, **kwargs)
+    ``OUT/sweep_<kind>.png`` (each atomically); return the result and both paths.
+
+    A folder that cannot be made or written is refused before the first fit.
+    """
+    if not isinstance(out, (str, os.PathLike)):
+        raise ArgumentTypeError(f"out must be a folder path (str or Path), got {out!r}")
     folder = Path(out)
-    csv_path = write_csv(result, folder / f"sweep_{kind}.csv")
-    png_path = plot_sweep(result, folder / f"sweep_{kind}.png")
-    return result, csv_path, png_path
+    # both files are checked before the first fit: a sweep runs for minutes, and its points
+    # must not be lost to a path that could never have been written
+    csv_path = check_output_path("out", folder / f"sweep_{kind}.csv")
+    png_path = check_output_path("out", folder / f"sweep_{kind}.png", image=True)
+    result = sweep(kind, **kwargs)
+    return result, write_csv(result, csv_path), plot_sweep(result, png_path)
 
 
 __all__ = [

@@ -140,3 +140,39 @@ def test_bad_sweeps_are_one_line_errors(
     assert status == 2
     assert err.startswith("d2lx: error: ") and err.count("\n") == 1
     assert needle in err
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_before_the_first_fit(
+    backend_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import d2lx.sweep
+
+    def no_fit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a fit ran before the output paths were checked")
+
+    monkeypatch.setattr(d2lx.sweep, "run_fit", no_fit)
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    status, err = _status_and_error(["sweep", "lr", "--values", "0.1", "--epochs", "1", "--backend",
+                                     backend_name, "--out", str(a_file), "--no-progress"], capsys)
+    assert status == 2
+    assert err.startswith("d2lx: error: ") and err.count("\n") == 1
+    assert str(a_file) in err and "not a directory" in err
+    assert a_file.read_text() == "not a folder"
+
+
+def test_sweep_files_are_written_whole_or_not_at_all(backend_name: str, tmp_path: Path) -> None:
+    """A write that fails (here: a file where the folder should be) is one OutputError and leaves
+    no partial file; a good write leaves no temporary file beside the result."""
+    import d2lx
+    from d2lx.sweep_files import plot_sweep, write_csv
+
+    result = sweep("lr", [0.1], backends=backend_name, epochs=1, progress=False)
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    for write in (write_csv, plot_sweep):
+        with pytest.raises(d2lx.OutputError, match="could not write"):
+            write(result, blocker / "sweep.out")
+    assert _rows(write_csv(result, tmp_path / "s.csv"))[0]["status"] == "ok"
+    _assert_png(plot_sweep(result, tmp_path / "s.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "s.png", "taken"]
