@@ -28,7 +28,6 @@ import contextlib
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +38,7 @@ from d2lx.errors import ArgumentTypeError, DivergenceError, InvalidArgumentError
 from d2lx.experiment import MODEL_KINDS, SEED_B, SEED_W, run_fit
 from d2lx.outputs import check_output_path
 from d2lx.progress import progress_bar, progress_enabled
-from d2lx.sweep_files import plot_sweep, write_csv
+from d2lx.sweep_results import SweepPoint, SweepResult, plot_sweep, write_csv
 
 SweepKind = Literal["lr", "epochs", "data"]
 SWEEP_KINDS: tuple[str, ...] = ("lr", "epochs", "data")
@@ -50,47 +49,6 @@ DATA_SIZES: tuple[int, ...] = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1
 LEARNING_RATES: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 MAX_EPOCHS = 10
 DATA_STEPS = 1000
-
-@dataclass
-class SweepPoint:
-    """One grid point on one backend (one CSV row)."""
-
-    sweep: str
-    backend: str
-    model: str
-    value: float | int  # the swept value: lr, epochs or num_train (int for the last two)
-    lr: float
-    epochs: int
-    num_train: int
-    batch_size: int
-    steps: int
-    seed: int | None
-    w_error_norm: float  # ||w_hat - w||_2
-    b_error_abs: float  # |b_hat - b|
-    train_loss: float
-    fit_seconds: float
-    status: str  # "ok" or "diverged"
-    framework_version: str
-
-
-@dataclass
-class SweepResult:
-    """All points of a sweep, plus the settings needed to read them."""
-
-    kind: str
-    backends: list[str]
-    model: str
-    points: list[SweepPoint] = field(default_factory=list)
-    noise: float = 0.01
-    num_inputs: int = len(SEED_W)
-
-    def errors(self, backend: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(values, w_error_norm, b_error_abs)`` of one backend, in grid order."""
-        rows = [p for p in self.points if p.backend == backend]
-        return (np.array([p.value for p in rows], dtype=float),
-                np.array([p.w_error_norm for p in rows], dtype=float),
-                np.array([p.b_error_abs for p in rows], dtype=float))
-
 
 def parse_backends(backends: str | Sequence[str] | None) -> list[str]:
     """``"torch,jax"`` or ``["torch", "jax"]`` -> canonical names, in order, no repeats.

@@ -161,11 +161,11 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_the_first_fit(
     assert a_file.read_text() == "not a folder"
 
 
-def test_sweep_files_are_written_whole_or_not_at_all(backend_name: str, tmp_path: Path) -> None:
+def test_sweep_results_are_written_whole_or_not_at_all(backend_name: str, tmp_path: Path) -> None:
     """A write that fails (here: a file where the folder should be) is one OutputError and leaves
     no partial file; a good write leaves no temporary file beside the result."""
     import d2lx
-    from d2lx.sweep_files import plot_sweep, write_csv
+    from d2lx.sweep_results import plot_sweep, write_csv
 
     result = sweep("lr", [0.1], backends=backend_name, epochs=1, progress=False)
     blocker = tmp_path / "taken"

@@ -1,6 +1,8 @@
-"""The files a sweep writes: one CSV row per grid point and backend, and the error plot.
+"""A sweep's results: its points, and the files they are written to (a CSV and the error plot).
 
-Both are written atomically (:mod:`d2lx.outputs`): a sweep runs for minutes,
+:class:`SweepPoint` is one grid point on one backend (one CSV row), and
+:class:`SweepResult` all of them with the settings needed to read them. The
+files are written atomically (:mod:`d2lx.outputs`): a sweep runs for minutes,
 and a full disk or an interrupted write must leave the old file or none,
 never half a table. :func:`d2lx.sweep.run_sweep` checks their paths before
 the first fit.
@@ -9,23 +11,61 @@ the first fit.
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from d2lx.experiment import SEED_W
 from d2lx.outputs import atomic_write, write_figure
-
-if TYPE_CHECKING:
-    from d2lx.sweep import SweepResult
 
 _LABELS = {"lr": "learning rate", "epochs": "epochs", "data": "training examples (n)"}
 
 
+@dataclass
+class SweepPoint:
+    """One grid point on one backend (one CSV row)."""
+
+    sweep: str
+    backend: str
+    model: str
+    value: float | int  # the swept value: lr, epochs or num_train (int for the last two)
+    lr: float
+    epochs: int
+    num_train: int
+    batch_size: int
+    steps: int
+    seed: int | None
+    w_error_norm: float  # ||w_hat - w||_2
+    b_error_abs: float  # |b_hat - b|
+    train_loss: float
+    fit_seconds: float
+    status: str  # "ok" or "diverged"
+    framework_version: str
+
+
+@dataclass
+class SweepResult:
+    """All points of a sweep, plus the settings needed to read them."""
+
+    kind: str
+    backends: list[str]
+    model: str
+    points: list[SweepPoint] = field(default_factory=list)
+    noise: float = 0.01
+    num_inputs: int = len(SEED_W)
+
+    def errors(self, backend: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(values, w_error_norm, b_error_abs)`` of one backend, in grid order."""
+        rows = [p for p in self.points if p.backend == backend]
+        return (np.array([p.value for p in rows], dtype=float),
+                np.array([p.w_error_norm for p in rows], dtype=float),
+                np.array([p.b_error_abs for p in rows], dtype=float))
+
+
 def write_csv(result: SweepResult, path: str | Path) -> Path:
     """Write one row per grid point and backend (atomically); return the path."""
-    columns = [f.name for f in fields(result.points[0])] if result.points else []
+    columns = [f.name for f in fields(SweepPoint)]
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as handle:
