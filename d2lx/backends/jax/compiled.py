@@ -222,12 +222,13 @@ def run_epoch(spec: StepSpec, state: ArrayState, grads: Params, rng: jax.Array,
         carry = run_chunk(spec, carry, rng, tensors, order, full, batch_size)
     if tail:
         carry = tail_step(spec, carry, rng, tensors, order, batch_size)
-    return (*carried(carry, state.params), finish(spec, carry, rng, val, val_batch_size))
+    return finish_chunks(spec, carry, rng, val, val_batch_size, state.params)
 
 
 def finish_chunks(spec: StepSpec, carry: Carry, rng: jax.Array, val: tuple[jax.Array, ...] | None,
                   val_batch_size: int, params: Params) -> tuple[ArrayState, Params, jax.Array]:
-    """After an epoch's chunk calls: the train state, the gradients and the record (:func:`finish`)."""
+    """After an epoch's steps (its chunk calls, or inside :func:`run_epoch`): the train state, the
+    gradients shaped like ``params``, and the record (:func:`finish`)."""
     return (*carried(carry, params), finish(spec, carry, rng, val, val_batch_size))
 
 
