@@ -159,6 +159,10 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_the_first_fit(
     assert err.startswith("d2lx: error: ") and err.count("\n") == 1
     assert str(a_file) in err and "not a directory" in err
     assert a_file.read_text() == "not a folder"
+    import d2lx
+
+    with pytest.raises(d2lx.ArgumentTypeError, match=r"out must be a folder path \(str or Path\), got 3"):
+        d2lx.sweep.run_sweep("lr", out=3, backends=backend_name)  # type: ignore[arg-type]
 
 
 def test_sweep_results_are_written_whole_or_not_at_all(backend_name: str, tmp_path: Path) -> None:
