@@ -113,14 +113,19 @@ def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx
     return out
 
 
+def fused_devices(ns: ModuleType) -> frozenset[str]:
+    """The device kinds where the namespace's trainer fuses steps (``Trainer.fused_devices``)."""
+    return frozenset(getattr(ns.Trainer, "fused_devices", ("cpu", "gpu")))
+
+
 def time_d2lx_methods(ns: ModuleType | None, problem: str | None, loop_mod: ModuleType, w: Workload,
                       data: Any, init: Frozen, repeats: int, spe_values: Sequence[int]) -> dict[str, Any]:
     """``d2lx_step`` and ``d2lx_fused`` of one workload (on a GPU also ``d2lx_unchecked``: step by step
     with ``check_finite=False``, the price of the divergence guard there).
 
     ``d2lx_fused`` runs only where it can differ from step by step: a trainer
-    whose class fuses steps (``fuses_steps``; others warn that the option
-    changes nothing), on d2lx's own loader (a framework's loader is iterated
+    that fuses steps on the workload's device (``fused_devices``; elsewhere
+    the option warns that it changes nothing), on d2lx's own loader (a framework's loader is iterated
     step by step whatever the option). Where it cannot, it is marked
     ``same_as: d2lx_step`` and the "fused" ratios use the step-by-step time,
     which is what such a trainer runs.
@@ -139,9 +144,9 @@ def time_d2lx_methods(ns: ModuleType | None, problem: str | None, loop_mod: Modu
             out["d2lx_unchecked"] = time_d2lx(ns, loop_mod, w, data, module, init, repeats, 1, False)
         except Exception as exc:
             out["d2lx_unchecked"] = error(exc)
-    if not getattr(ns.Trainer, "fuses_steps", True):
-        out["d2lx_fused"] = skipped(f"the {ns.BACKEND} trainer has no fused path (fuses_steps = False)",
-                                    same_as="d2lx_step")
+    if w.device not in fused_devices(ns):
+        out["d2lx_fused"] = skipped(f"the {ns.BACKEND} trainer has no fused path on the {w.device} "
+                                    f"(fused_devices = {sorted(fused_devices(ns))})", same_as="d2lx_step")
     elif w.loader != "d2lx":
         out["d2lx_fused"] = skipped("steps_per_execution applies to d2lx's own loader; a framework's "
                                     "loader runs step by step", same_as="d2lx_step")

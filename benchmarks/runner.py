@@ -21,6 +21,7 @@ from benchmarks.keras_worker import KERAS_BACKENDS, run_keras
 from benchmarks.loops import Frozen
 from benchmarks.methods import (
     best_mode_spe,
+    fused_devices,
     time_alternating,
     time_board_share,
     time_d2lx_methods,
@@ -116,7 +117,8 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
     loop_mod = load_loop(backend)  # fails early if the framework is missing
     gpu = check_gpu(backend, loop_mod, workloads)  # as early if the GPU group cannot run
     ns, problem = _d2lx_namespace(backend, say)
-    fuses = bool(ns is not None and getattr(ns.Trainer, "fuses_steps", True))
+    # Whether this run's fused timings exist: the trainer fuses on the device its workloads run on.
+    fuses = bool(ns is not None and any(w.device in fused_devices(ns) for w in workloads))
     started = _dt.datetime.now(_dt.timezone.utc)
     results: list[dict[str, Any]] = []
     for w in workloads:

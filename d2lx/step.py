@@ -109,8 +109,8 @@ class Adapter(Protocol):
 
     #: The backend's name (``"torch"``), as in ``d2lx.use_backend``.
     backend_name: ClassVar[str]
-    #: Whether ``steps_per_execution > 1`` runs several steps per compiled call (else: a warning).
-    fuses_steps: ClassVar[bool]
+    #: The device kinds where ``steps_per_execution > 1`` runs several steps per call (else: a warning).
+    fused_devices: ClassVar[frozenset[str]]
 
     def _native_device(self, spec: DeviceSpec) -> Any:
         """The framework's device for ``spec`` (a GPU it cannot see: :func:`d2lx.devices.gpu_unavailable`)."""

@@ -51,6 +51,7 @@ class TrainerBase(Reporting, EpochLoop, HyperParameters):
       silent CPU run.
     * ``steps_per_execution``: optimizer steps per compiled call on backends
       that fuse steps (like Keras' option); results equal step by step.
+      JAX and TensorFlow fuse on any device, PyTorch on a GPU (CUDA graphs).
     * ``progress``: ``True``/``False``, or ``None``: on in a terminal or
       notebook unless ``$CI`` is set.
     * ``plot``: an image path (``.png``, ``.svg``, ``.pdf``); the model's
@@ -67,8 +68,9 @@ class TrainerBase(Reporting, EpochLoop, HyperParameters):
     """
 
     backend_name: ClassVar[str] = "?"
-    #: False for adapters without a fused path: they warn that steps_per_execution changes nothing.
-    fuses_steps: ClassVar[bool] = True
+    #: The kinds of device (``"cpu"``, ``"gpu"``) where ``steps_per_execution > 1`` fuses steps;
+    #: elsewhere the option warns that it changes nothing.
+    fused_devices: ClassVar[frozenset[str]] = frozenset({"cpu", "gpu"})
     #: The backend's ``d2l.Module`` class, its framework's name and what it is built on: the model
     #: ``fit`` accepts, and the words of the error that refuses any other.
     module_class: ClassVar[type] = ModuleBase
@@ -86,10 +88,6 @@ class TrainerBase(Reporting, EpochLoop, HyperParameters):
                                              float32=True, example="1.0")
         self.steps_per_execution = check_int("steps_per_execution", steps_per_execution, minimum=1,
                                              example="32")
-        if self.steps_per_execution > 1 and not self.fuses_steps:
-            warnings.warn(f"the {self.backend_name} backend has no fused path: steps_per_execution="
-                          f"{self.steps_per_execution} runs ordinary steps, one at a time (same results)",
-                          UserWarning, stacklevel=2)
         if progress is not None and not isinstance(progress, bool):
             raise ArgumentTypeError(f"progress must be True, False or None, got {progress!r}")
         self.progress = progress
@@ -100,6 +98,13 @@ class TrainerBase(Reporting, EpochLoop, HyperParameters):
         self.callbacks = list(callbacks)
         self.device_specs, self.strategy = resolve_devices(device, self.num_gpus, devices, strategy)
         self.device_spec: DeviceSpec = self.device_specs[0]
+        if self.steps_per_execution > 1 and self.device_spec.kind not in self.fused_devices:
+            names = {"cpu": "the CPU", "gpu": "a GPU"}
+            kinds = " or ".join(names.get(kind, kind) for kind in sorted(self.fused_devices))
+            where = f"fuses steps only on {kinds}" if kinds else "has no fused path"
+            warnings.warn(f"the {self.backend_name} backend {where}: steps_per_execution="
+                          f"{self.steps_per_execution} runs ordinary steps on {self.device_spec}, one at a "
+                          f"time (same results)", UserWarning, stacklevel=2)
         self.hparams = {"max_epochs": self.max_epochs, "num_gpus": self.num_gpus,
                         "gradient_clip_val": self.gradient_clip_val,
                         "steps_per_execution": self.steps_per_execution,

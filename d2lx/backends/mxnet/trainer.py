@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import mxnet as mx
 import numpy as onp
@@ -36,7 +36,7 @@ class Trainer(TrainerBase):
     module_class = Module
     module_kind = "MXNet"
     module_base = "a gluon.Block"
-    fuses_steps = False
+    fused_devices: ClassVar[frozenset[str]] = frozenset()
     _dp: DataParallel | None = None
 
     def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
