@@ -26,7 +26,8 @@ PY
 
 for b in torch jax; do
   D2LX_BACKEND=$b timeout "${TEST_LIMIT:-240}" $py -m pytest -q -p no:cacheprovider -m gpu -rs \
-    tests/conformance/test_gpu.py tests/conformance/test_devices_and_errors.py >"$out/tests-$b.log" 2>&1
+    tests/conformance/test_gpu.py tests/conformance/test_devices_and_errors.py tests/backends/test_torch_graphs.py \
+    >"$out/tests-$b.log" 2>&1
   summary+=("tests $b: exit $? ($(tail -1 "$out/tests-$b.log"))")
 done
 for b in torch jax; do

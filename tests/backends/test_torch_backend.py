@@ -1,4 +1,4 @@
-"""torch-specific behaviour: data-parallel launch errors, no fused path (equality is in conformance)."""
+"""torch-specific behaviour: data-parallel launch errors (the fused path: test_torch_graphs.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,3 @@ def test_a_batch_smaller_than_the_device_count_is_refused(d2l: Any) -> None:
         dp.check_batches(num_examples=22, batch_size=10)  # last batch: 2 examples
     dp.check_batches(num_examples=23, batch_size=10)  # last batch: 3 examples
 
-
-def test_steps_per_execution_without_a_fused_path_warns(d2l: Any) -> None:
-    with pytest.warns(UserWarning, match="no fused path"):
-        d2l.Trainer(max_epochs=1, steps_per_execution=8)

@@ -4,14 +4,18 @@
 ``backward``, optional clipping, ``optim.step()``, for any model and any
 optimizer (``torch.optim.*`` or a hand-written one with ``step``/``zero_grad``).
 The loss is read once, before the update, so a non-finite one never lands.
+With ``steps_per_execution > 1`` on a GPU, an epoch over d2lx's loader
+replays CUDA graphs of these steps instead (``compiled.py``).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
+from d2lx.backends.torch.compiled import GraphedSteps, capture_problem
 from d2lx.backends.torch.module import trainable_tensors
 from d2lx.errors import ArgumentTypeError
 from d2lx.guard import EagerGuard
@@ -26,6 +30,20 @@ def all_finite(arrays: list[Any]) -> bool:
         return True
     flags = torch.stack([torch.isfinite(t.detach()).all() for t in tensors])
     return bool(flags.all().item())
+
+
+def fused_path(step: TorchStep) -> GraphedSteps | None:
+    """The CUDA-graph epochs of ``steps_per_execution > 1`` on a GPU; ``None`` (with a warning why) else."""
+    trainer = step.trainer
+    if trainer.steps_per_execution <= 1 or trainer.device.type != "cuda":
+        return None  # the CPU: the trainer warned when it was made
+    problem = ("the fused path (CUDA graphs) runs on one GPU, not through DDP"
+               if getattr(trainer, "_dp", None) is not None else capture_problem(step.optim))
+    if problem is not None:
+        warnings.warn(f"steps_per_execution={trainer.steps_per_execution} runs ordinary steps: {problem}",
+                      UserWarning, stacklevel=4)
+        return None
+    return GraphedSteps(step)
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -50,6 +68,7 @@ class TorchStep:
                                 _assign)
         # torch.optim's step disables autograd itself; d2l's hand-written SGD relies on the caller.
         self._step_needs_no_grad = not isinstance(self.optim, torch.optim.Optimizer)
+        self.graphs = fused_path(self)
 
     def begin_epoch(self) -> None:
         self.guard.begin_epoch()
@@ -57,8 +76,8 @@ class TorchStep:
     def set_training(self, mode: bool) -> None:
         self.model.train(mode)
 
-    def _loss(self, batch: Batch) -> torch.Tensor:
-        with self.trainer.observing() as seen:
+    def _loss(self, batch: Batch, draw_extras: bool = True) -> torch.Tensor:
+        with self.trainer.observing(draw_extras) as seen:
             loss = step_loss(self.model.training_step(batch), seen, "training_step")
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -91,7 +110,10 @@ class TorchStep:
             self.optim.step()
 
     def evaluate(self, batch: Batch) -> torch.Tensor:
-        with torch.no_grad(), self.trainer.observing() as seen:
+        return self._val_loss(batch)
+
+    def _val_loss(self, batch: Batch, draw_extras: bool = True) -> torch.Tensor:
+        with torch.no_grad(), self.trainer.observing(draw_extras) as seen:
             loss = step_loss(self.model.validation_step(batch), seen, "validation_step")
         return loss.detach() if isinstance(loss, torch.Tensor) else torch.as_tensor(loss)
 
@@ -100,4 +122,6 @@ class TorchStep:
 
     def run_epoch(self, train: ArrayLoader, val: ArrayLoader | None, steps_per_execution: int
                   ) -> EpochResult | None:
-        return None  # eager: the core iterates the loader (batches are slices on the device)
+        if self.graphs is None or steps_per_execution <= 1:
+            return None  # eager: the core iterates the loader (batches are slices on the device)
+        return self.graphs.run_epoch(train, val)

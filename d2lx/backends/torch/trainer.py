@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,15 +21,17 @@ from d2lx.trainer import TrainerBase
 class Trainer(TrainerBase):
     """Trains a d2lx PyTorch ``Module`` (see :class:`d2lx.trainer.TrainerBase`).
 
-    ``steps_per_execution`` is accepted for API parity; PyTorch runs one
-    eager step at a time (results are the same).
+    ``steps_per_execution > 1`` on a GPU runs each epoch over d2lx's loader
+    as CUDA-graph replays (``compiled.py``); on the CPU, over a framework's
+    loader or over several devices, PyTorch runs one eager step at a time
+    (results are the same).
     """
 
     backend_name = "torch"
     module_class = Module
     module_kind = "PyTorch"
     module_base = "an nn.Module"
-    fuses_steps = False
+    fused_devices: ClassVar[frozenset[str]] = frozenset({"gpu"})
     _dp: DataParallel | None = None
 
     def _setup_data_parallel(self, specs: list[DeviceSpec]) -> None:
