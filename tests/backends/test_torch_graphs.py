@@ -95,8 +95,10 @@ def _fit(trainer_class: type, kind: str, data: Arrays, lr: float = 0.03, epochs:
 def _state(model: Any) -> dict[str, np.ndarray]:
     """The model's parameters and its optimizer's momentum buffers (if any), as NumPy."""
     state = {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
-    for index, slots in getattr(model, "optim", torch.optim.SGD([torch.zeros(1)], 0.1)).state.items():
-        state.update({f"{index}.{name}": t.detach().cpu().numpy().copy() for name, t in slots.items()})
+    optim = getattr(model, "optim", None)
+    for index, slots in (optim.state_dict()["state"] if optim is not None else {}).items():
+        state.update({f"{index}.{name}": torch.as_tensor(t).detach().cpu().numpy().copy()
+                      for name, t in slots.items()})
     return state
 
 
@@ -267,6 +269,75 @@ def test_a_step_with_an_infinite_loss_is_refused_in_the_graph_as_on_the_cpu() ->
     assert isinstance(error, d2lx.DivergenceError) and error.epoch == 0 and error.step >= WARMUP_CALLS
     assert any(g is not None for g in trainer._step.graphs._graphs.values())
     _same_run((trainer, _on_cpu(model), error), want)
+
+
+class CapturableAdam(d2l.LinearRegression):  # type: ignore[misc,name-defined]
+    """Adam keeps step counts and two moments per parameter; ``capturable`` puts the counts on the GPU."""
+
+    def configure_optimizers(self) -> Any:
+        on_gpu = next(self.parameters()).is_cuda  # the trainer moved the model before asking
+        self.optim = torch.optim.Adam(self.parameters(), self.lr, capturable=on_gpu)
+        return self.optim
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_adams_counts_and_moments_are_put_back_with_a_refused_step() -> None:
+    def fit(device: str) -> tuple[Any, Any, Exception | None]:
+        model = CapturableAdam(lr=0.03)
+        trainer = d2l.Trainer(max_epochs=4, progress=False, steps_per_execution=4, device=device)
+        try:
+            trainer.fit(model, _arrays(n=640, huge_row=600))
+        except d2lx.DivergenceError as exc:
+            return trainer, _on_cpu(model), exc
+        return trainer, _on_cpu(model), None
+
+    with pytest.warns(UserWarning, match="fuses steps only on a GPU"):
+        want = fit("cpu")
+    got = fit("gpu")
+    assert isinstance(got[2], d2lx.DivergenceError) and got[2].step >= WARMUP_CALLS
+    assert any(g is not None for g in got[0]._step.graphs._graphs.values())
+    assert {"0.step", "0.exp_avg", "0.exp_avg_sq"} <= set(_state(got[1]))
+    _same_run(got, want)
+
+
+class DropoutMLP(d2l.Module):  # type: ignore[misc,name-defined]
+    """A reader's MLP with dropout: each replay must draw a fresh mask, as each eager step does."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.LazyLinear(32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                       torch.nn.LazyLinear(1))
+
+    def loss(self, y_hat: Any, y: Any) -> Any:
+        return torch.nn.functional.mse_loss(y_hat, y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), self.lr)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_dropout_draws_the_same_masks_replayed_as_step_by_step() -> None:
+    def fit(steps: int) -> tuple[Any, Any]:
+        torch.manual_seed(0)  # the layers' weights (built on the CPU) and the GPU's dropout masks
+        model = DropoutMLP(lr=0.05)
+        trainer = d2l.Trainer(max_epochs=3, progress=False, steps_per_execution=steps, device="gpu")
+        trainer.fit(model, _arrays())
+        return trainer, _on_cpu(model)
+
+    eager, fused = fit(1), fit(4)
+    assert eager[0]._step.graphs is None
+    assert all(g is not None for g in fused[0]._step.graphs._graphs.values())
+    _same_run((*fused, None), (*eager, None))
+    # Dropout did draw: without it the same run ends elsewhere.
+    torch.manual_seed(0)
+    plain = DropoutMLP(lr=0.05)
+    plain.net[2].p = 0.0
+    trainer = d2l.Trainer(max_epochs=3, progress=False, device="gpu")
+    trainer.fit(plain, _arrays())
+    assert abs(trainer.history.train_loss[-1] - eager[0].history.train_loss[-1]) > 1e-3
 
 
 @pytest.mark.gpu
