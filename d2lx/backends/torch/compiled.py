@@ -183,7 +183,7 @@ class GraphedSteps:
                       f"in a CUDA graph ({type(failure).__name__}: {reason}), so its batches of this shape "
                       f"run one at a time, uncaptured (same results, slower). Remove host reads such as "
                       f".item() or float(loss) from it, or use steps_per_execution=1", UserWarning,
-                      stacklevel=2)
+                      stacklevel=8)  # the reader's fit()
         return None
 
     def _kept(self) -> list[torch.Tensor]:

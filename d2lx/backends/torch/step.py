@@ -41,7 +41,7 @@ def fused_path(step: TorchStep) -> GraphedSteps | None:
                if getattr(trainer, "_dp", None) is not None else capture_problem(step.optim))
     if problem is not None:
         warnings.warn(f"steps_per_execution={trainer.steps_per_execution} runs ordinary steps: {problem}",
-                      UserWarning, stacklevel=4)
+                      UserWarning, stacklevel=6)  # the reader's fit()
         return None
     return GraphedSteps(step)
 
