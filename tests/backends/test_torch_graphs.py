@@ -301,6 +301,48 @@ def test_adams_counts_and_moments_are_put_back_with_a_refused_step() -> None:
     _same_run(got, want)
 
 
+class BookSGD(d2l.HyperParameters):  # type: ignore[misc,name-defined]
+    """d2l 3.4's hand-written SGD as the book writes it: in-place updates, gradients zeroed in place."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        self.save_hyperparameters()
+
+    def step(self) -> None:
+        for param in self.params:
+            param -= self.lr * param.grad
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            if param.grad is not None:
+                param.grad.zero_()
+
+
+class ClippedScratch(d2l.LinearRegressionScratch):  # type: ignore[misc,name-defined]
+    def configure_optimizers(self) -> Any:
+        return BookSGD([self.w, self.b], self.lr)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_the_books_hand_written_sgd_and_clipping_replay_as_on_the_cpu() -> None:
+    def fit(device: str) -> tuple[Any, Any, Exception | None]:
+        model = ClippedScratch(2, lr=0.03)
+        trainer = d2l.Trainer(max_epochs=3, progress=False, steps_per_execution=4, device=device,
+                              gradient_clip_val=0.5)
+        trainer.fit(model, _arrays())
+        return trainer, _on_cpu(model), None
+
+    with pytest.warns(UserWarning, match="fuses steps only on a GPU"):
+        want = fit("cpu")
+    got = fit("gpu")
+    assert all(g is not None for g in got[0]._step.graphs._graphs.values())
+    _same_run(got, want)
+    # clipping bit: unclipped, the same run ends elsewhere
+    free = d2l.Trainer(max_epochs=3, progress=False)
+    free.fit(ClippedScratch(2, lr=0.03), _arrays())
+    assert abs(free.history.train_loss[0] - want[0].history.train_loss[0]) > 1e-3
+
+
 class DropoutMLP(d2l.Module):  # type: ignore[misc,name-defined]
     """A reader's MLP with dropout: each replay must draw a fresh mask, as each eager step does."""
 
