@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 
-from d2lx.backends.torch.module import trainable_tensors
 from d2lx.loader import ArrayLoader, Batch
 from d2lx.step import Divergence, EpochResult
 
@@ -44,8 +43,8 @@ WARMUP_CALLS = 1
 
 def capture_problem(optim: Any) -> str | None:
     """Why ``optim`` cannot run inside a CUDA graph, with the fix; ``None`` if it can."""
-    groups = getattr(optim, "param_groups", None) if isinstance(optim, torch.optim.Optimizer) else None
-    if groups and any(group.get("capturable") is False for group in groups):
+    if isinstance(optim, torch.optim.Optimizer) \
+            and any(group.get("capturable") is False for group in optim.param_groups):
         return (f"{type(optim).__name__} keeps its step count on the host; make it with capturable=True "
                 f"(torch.optim.{type(optim).__name__}(..., capturable=True))")
     return None
@@ -59,7 +58,10 @@ def optimizer_settings(optim: Any) -> tuple[Any, ...]:
     that changes one between epochs makes the next epoch capture afresh.
     """
     groups = getattr(optim, "param_groups", None)
-    items = groups if isinstance(groups, list) else [vars(optim)] if hasattr(optim, "__dict__") else []
+    if isinstance(groups, list):
+        items = groups
+    else:
+        items = [vars(optim)] if hasattr(optim, "__dict__") else []
     return tuple(tuple(sorted((key, value) for key, value in group.items()
                               if isinstance(value, (bool, int, float)))) for group in items)
 
@@ -86,7 +88,7 @@ class GraphedSteps:
     def __init__(self, step: Any, capture: bool = True) -> None:
         self.step, self.trainer, self.capture = step, step.trainer, capture
         device = self.trainer.device
-        self.params = trainable_tensors(step.model)
+        self.params = step.guard.params  # trainable_tensors(model): what the eager guard watches too
         self.check = bool(self.trainer.check_finite)
         # Everything a graph writes lives here for the whole fit: a graph keeps the addresses it captured.
         self.status = torch.zeros(3, dtype=torch.int64, device=device)  # refused, applied, finite loss?

@@ -38,7 +38,7 @@ def fused_path(step: TorchStep) -> GraphedSteps | None:
     if trainer.steps_per_execution <= 1 or trainer.device.type != "cuda":
         return None  # the CPU: the trainer warned when it was made
     problem = ("the fused path (CUDA graphs) runs on one GPU, not through DDP"
-               if getattr(trainer, "_dp", None) is not None else capture_problem(step.optim))
+               if trainer._dp is not None else capture_problem(step.optim))
     if problem is not None:
         warnings.warn(f"steps_per_execution={trainer.steps_per_execution} runs ordinary steps: {problem}",
                       UserWarning, stacklevel=6)  # the reader's fit()
