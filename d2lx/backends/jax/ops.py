@@ -60,7 +60,9 @@ class JaxOps:
         ``jax.device_get`` of a list fetches each array on its own (about
         5 us each, 0.5 ms for a hundred steps' losses); a jitted stack of
         them is one dispatch (about 30 us) and one copy. It is compiled once
-        per number of values, which an epoch repeats.
+        per number of values, which an epoch repeats. A single array is read
+        with ``np.asarray``: ``jax.device_get`` first walks it as a tree and
+        starts an asynchronous copy, about 15 us more per read.
         """
         first = values[0] if values else None
         if isinstance(first, jax.Array) and not isinstance(first, jax.core.Tracer):
@@ -71,7 +73,7 @@ class JaxOps:
                 except (TypeError, ValueError):  # shapes that do not stack, or on different devices
                     pass
                 else:
-                    return np.asarray(jax.device_get(stacked), dtype=np.float64).reshape(-1)
+                    return np.asarray(stacked, dtype=np.float64).reshape(-1)
         host = values if all(isinstance(v, np.ndarray) for v in values) else jax.device_get(list(values))
         return np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in host])
 
