@@ -4,6 +4,10 @@ Every method trains a fresh model per run from the same initial parameters
 (:func:`benchmarks.workloads.initial_params`) on the same data object, and
 ends with host values that wait for the device (d2lx's history of training
 and validation losses and ``get_w_b()``; the loop's losses and parameters).
+d2lx's model is built before the clock starts (the reader's constructor;
+see :class:`~benchmarks.timing.Staged`), as the TensorFlow and MXNet loops
+and Keras build theirs once and reset the weights per run; the torch and
+JAX loops build their small models inside the run (under 0.5 ms).
 A method that fails is reported as an error, never fatal to the run.
 """
 
@@ -19,7 +23,7 @@ import numpy as np
 
 from benchmarks.loops import Frozen, loader_data
 from benchmarks.targets import fastest_epoch_method
-from benchmarks.timing import best_of, error, skipped, summarize, time_interleaved, time_repeats
+from benchmarks.timing import Staged, best_of, error, skipped, summarize, time_interleaved, time_repeats
 from benchmarks.workloads import SEED, Workload, lr_of, splits, w_error
 
 
@@ -70,21 +74,34 @@ def silent_board() -> Any:
     return SilentBoard()
 
 
-def fit_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen, module: Any, spe: int = 1,
-             check_finite: bool = True, board: bool = True) -> tuple[Any, Any]:
-    """One ``Trainer.fit`` on a fresh model, on the workload's device: ``(model, trainer)``.
-
-    Every timed d2lx run is this call: by default the Trainer's own options
-    (step by step, the guard on, d2l's board); ``board=False`` gives the
-    model a board that keeps no points.
-    """
+def fresh_model(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen, board: bool = True) -> Any:
+    """A new model for one timed fit, built before the clock starts (see :class:`~benchmarks.timing.Staged`);
+    ``board=False`` gives it a board that keeps no points."""
     model = d2lx_model(ns, loop_mod, w, init)
     if not board:
         model.board = silent_board()
+    return model
+
+
+def fit_d2lx(ns: ModuleType, w: Workload, model: Any, module: Any, spe: int = 1,
+             check_finite: bool = True) -> tuple[Any, Any]:
+    """One ``Trainer.fit`` of ``model`` on the workload's device: ``(model, trainer)``.
+
+    Every timed d2lx run is this call, the Trainer's own options by default
+    (step by step, the guard on, d2l's board); making the ``Trainer`` is
+    timed with its fit.
+    """
     trainer = ns.Trainer(max_epochs=w.epochs, steps_per_execution=spe, progress=False, device=w.device,
                          check_finite=check_finite)
     trainer.fit(model, module)
     return model, trainer
+
+
+def staged_fit(ns: ModuleType, loop_mod: ModuleType, w: Workload, init: Frozen, module: Any, spe: int = 1,
+               check_finite: bool = True, board: bool = True) -> Staged:
+    """:func:`fit_d2lx` on a :func:`fresh_model` built before the clock starts: ``(model, trainer)``."""
+    return Staged(functools.partial(fresh_model, ns, loop_mod, w, init, board),
+                  lambda model: fit_d2lx(ns, w, model, module, spe, check_finite))
 
 
 def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx_data_module: Any,
@@ -93,8 +110,10 @@ def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx
 
     epochs: list[float] = []  # the trainer's own clock of each epoch (History.seconds), every run
 
-    def run() -> tuple[Any, dict[str, Any] | None]:
-        model, trainer = fit_d2lx(ns, loop_mod, w, init, d2lx_data_module, spe, check_finite)
+    fit = staged_fit(ns, loop_mod, w, init, d2lx_data_module, spe, check_finite)
+
+    def run(model: Any) -> tuple[Any, dict[str, Any] | None]:
+        model, trainer = fit.run(model)
         epochs.extend(trainer.history.seconds)
         params = None
         if w.model != "mlp":
@@ -102,7 +121,7 @@ def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx
             params = {"w": w_hat, "b": b_hat}
         return trainer, params
 
-    samples, (trainer, params), warm = time_repeats(run, repeats)
+    samples, (trainer, params), warm = time_repeats(Staged(fit.setup, run), repeats)
     timed_epochs = epochs[-repeats * w.epochs:]  # not the warm-up's
     out = {"status": "ok", **summarize(samples, w, warm),
            "epoch_median_s": float(np.median(timed_epochs)),
@@ -172,8 +191,8 @@ def time_board_share(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
     """
     module = d2lx_data(ns, loop_mod, w, data)
     try:
-        with_board, without = time_interleaved(lambda: fit_d2lx(ns, loop_mod, w, init, module),
-                                               lambda: fit_d2lx(ns, loop_mod, w, init, module, board=False),
+        with_board, without = time_interleaved(staged_fit(ns, loop_mod, w, init, module),
+                                               staged_fit(ns, loop_mod, w, init, module, board=False),
                                                repeats)
     except Exception as exc:  # reported, not fatal
         return error(exc)
@@ -196,8 +215,8 @@ def time_alternating(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
     module = d2lx_data(ns, loop_mod, w, data)
     try:
         loop = loop_runner(loop_mod, w, splits(data, w), init, variant)
-        d2lx_samples, loop_samples = time_interleaved(lambda: fit_d2lx(ns, loop_mod, w, init, module),
-                                                      loop, repeats)
+        d2lx_samples, loop_samples = time_interleaved(staged_fit(ns, loop_mod, w, init, module), loop,
+                                                      repeats)
     except Exception as exc:  # reported, not fatal
         return error(exc)
     a, b = float(np.median(d2lx_samples)), float(np.median(loop_samples))
@@ -221,12 +240,13 @@ def time_epoch_against_copy(ns: ModuleType, loop_mod: ModuleType, w: Workload, d
     """
     module = d2lx_data(ns, loop_mod, w, data)
     epochs: list[float] = []
+    fit = staged_fit(ns, loop_mod, w, init, module, spe)
 
-    def fit() -> None:
-        epochs.extend(fit_d2lx(ns, loop_mod, w, init, module, spe)[1].history.seconds)
+    def run(model: Any) -> None:
+        epochs.extend(fit.run(model)[1].history.seconds)
 
     try:
-        _, copies = time_interleaved(fit, copy, repeats)
+        _, copies = time_interleaved(Staged(fit.setup, run), copy, repeats)
     except Exception as exc:  # reported, not fatal
         return error(exc)
     epoch, copy_s = float(np.median(epochs[-repeats * w.epochs:])), float(np.median(copies))

@@ -193,6 +193,26 @@ def test_a_silent_board_keeps_no_points() -> None:
     assert isinstance(board, ProgressBoard) and board.lines() == {}
 
 
+def test_a_staged_runs_setup_is_not_timed() -> None:
+    import time
+
+    from benchmarks.timing import Staged, time_interleaved, time_repeats
+
+    made: list[int] = []
+
+    def setup() -> int:
+        time.sleep(0.05)
+        made.append(len(made))
+        return made[-1]
+
+    staged = Staged(setup, lambda n: ("ran", n))
+    samples, out, warmup_s = time_repeats(staged, 3)
+    assert max(samples) < 0.04 and warmup_s >= 0.05  # the warm-up reports its setup; the samples do not
+    assert out == ("ran", 3) and made == [0, 1, 2, 3]  # a fresh setup per run, handed to that run
+    staged_s, plain_s = time_interleaved(staged, lambda: time.sleep(0.05), 2)
+    assert max(staged_s) < 0.04 <= min(plain_s)
+
+
 def test_targets_follow_the_ratios(doc: dict, framework_backend: str, fuses: bool) -> None:
     rows = doc["targets"]
     for t in rows:
