@@ -134,7 +134,7 @@ def time_d2lx(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, d2lx
 
 def fused_devices(ns: ModuleType) -> frozenset[str]:
     """The device kinds where the namespace's trainer fuses steps (``Trainer.fused_devices``)."""
-    return frozenset(getattr(ns.Trainer, "fused_devices", ("cpu", "gpu")))
+    return frozenset(ns.Trainer.fused_devices)
 
 
 def time_d2lx_methods(ns: ModuleType | None, problem: str | None, loop_mod: ModuleType, w: Workload,

@@ -193,24 +193,33 @@ def test_a_silent_board_keeps_no_points() -> None:
     assert isinstance(board, ProgressBoard) and board.lines() == {}
 
 
-def test_a_staged_runs_setup_is_not_timed() -> None:
-    import time
+def test_a_staged_runs_setup_is_not_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
 
-    from benchmarks.timing import Staged, time_interleaved, time_repeats
+    from benchmarks import timing
 
+    now = [0.0]  # a fake clock: a setup takes 1 s of it, a run 1 ms
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     made: list[int] = []
 
     def setup() -> int:
-        time.sleep(0.05)
+        now[0] += 1.0
         made.append(len(made))
         return made[-1]
 
-    staged = Staged(setup, lambda n: ("ran", n))
-    samples, out, warmup_s = time_repeats(staged, 3)
-    assert max(samples) < 0.04 and warmup_s >= 0.05  # the warm-up reports its setup; the samples do not
+    def run(n: int) -> tuple[str, int]:
+        now[0] += 0.001
+        return "ran", n
+
+    def plain() -> None:
+        now[0] += 1.0
+
+    staged = timing.Staged(setup, run)
+    samples, out, warmup_s = timing.time_repeats(staged, 3)
+    assert samples == pytest.approx([0.001] * 3) and warmup_s == pytest.approx(1.001)  # warm-up: with setup
     assert out == ("ran", 3) and made == [0, 1, 2, 3]  # a fresh setup per run, handed to that run
-    staged_s, plain_s = time_interleaved(staged, lambda: time.sleep(0.05), 2)
-    assert max(staged_s) < 0.04 <= min(plain_s)
+    staged_s, plain_s = timing.time_interleaved(staged, plain, 2)
+    assert staged_s == pytest.approx([0.001] * 2) and plain_s == pytest.approx([1.0] * 2)
 
 
 def test_targets_follow_the_ratios(doc: dict, framework_backend: str, fuses: bool) -> None:
