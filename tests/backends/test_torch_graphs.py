@@ -81,10 +81,13 @@ def _model(kind: str, lr: float = 0.03) -> Any:
     return Momentum(lr=lr) if kind == "momentum" else d2l.LinearRegression(lr=lr)
 
 
-def _fit(trainer_class: type, kind: str, data: Arrays, lr: float = 0.03, epochs: int = 3,
+def _fit(trainer_class: type, model: Any, data: Arrays, lr: float = 0.03, epochs: int = 3,
          **options: Any) -> tuple[Any, Any, Exception | None]:
-    model = _model(kind, lr)
-    trainer = trainer_class(max_epochs=epochs, progress=False, steps_per_execution=4, **options)
+    """One fit of ``model`` (a reader's model, or a ``_model`` kind built with ``lr``), four steps a call
+    unless ``options`` say otherwise: the trainer, the model and the d2lx error it raised (if any)."""
+    model = _model(model, lr) if isinstance(model, str) else model
+    options.setdefault("steps_per_execution", 4)
+    trainer = trainer_class(max_epochs=epochs, progress=False, **options)
     try:
         trainer.fit(model, data)
     except (d2lx.DivergenceError, d2lx.NonFiniteDataError) as exc:
@@ -231,11 +234,6 @@ def _same_run(got: tuple[Any, Any, Exception | None], want: tuple[Any, Any, Exce
         np.testing.assert_allclose(got_state[name], want_state[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-def _on_cpu(model: Any) -> Any:
-    """The model moved back to the CPU (to compare its state with a CPU run's)."""
-    return model.to("cpu")
-
-
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("kind", ["scratch", "momentum"])
@@ -246,7 +244,7 @@ def test_cuda_graphs_replay_every_batch_shape_to_the_cpu_runs_numbers(kind: str)
     assert isinstance(graphs, GraphedSteps) and error is None
     # 12 full batches and one of 11, validation 2 of 16 and one of 5: each shape captured by epoch 3
     assert len(graphs._graphs) == 4 and all(g is not None for g in graphs._graphs.values())
-    _same_run((trainer, _on_cpu(model), error), want)
+    _same_run((trainer, model, error), want)
 
 
 @pytest.mark.gpu
@@ -256,7 +254,7 @@ def test_a_learning_rate_changed_between_epochs_is_replayed_as_on_the_cpu() -> N
     trainer, model, error = _fit(d2l.Trainer, "momentum", _arrays(), device="gpu",
                                  callbacks=[_halve_lr_after_epoch_1])
     assert trainer.optim.param_groups[0]["lr"] == 0.015
-    _same_run((trainer, _on_cpu(model), error), want)
+    _same_run((trainer, model, error), want)
 
 
 @pytest.mark.gpu
@@ -268,7 +266,7 @@ def test_a_step_with_an_infinite_loss_is_refused_in_the_graph_as_on_the_cpu() ->
     # Row 600 lands in a batch after the uncaptured warm-up calls: refused inside a replay.
     assert isinstance(error, d2lx.DivergenceError) and error.epoch == 0 and error.step >= WARMUP_CALLS
     assert any(g is not None for g in trainer._step.graphs._graphs.values())
-    _same_run((trainer, _on_cpu(model), error), want)
+    _same_run((trainer, model, error), want)
 
 
 class CapturableAdam(d2l.LinearRegression):  # type: ignore[misc,name-defined]
@@ -284,13 +282,8 @@ class CapturableAdam(d2l.LinearRegression):  # type: ignore[misc,name-defined]
 @needs_cuda
 def test_adams_counts_and_moments_are_put_back_with_a_refused_step() -> None:
     def fit(device: str) -> tuple[Any, Any, Exception | None]:
-        model = CapturableAdam(lr=0.03)
-        trainer = d2l.Trainer(max_epochs=4, progress=False, steps_per_execution=4, device=device)
-        try:
-            trainer.fit(model, _arrays(n=640, huge_row=600))
-        except d2lx.DivergenceError as exc:
-            return trainer, _on_cpu(model), exc
-        return trainer, _on_cpu(model), None
+        return _fit(d2l.Trainer, CapturableAdam(lr=0.03), _arrays(n=640, huge_row=600), epochs=4,
+                    device=device)
 
     with pytest.warns(UserWarning, match="fuses steps only on a GPU"):
         want = fit("cpu")
@@ -326,11 +319,7 @@ class ClippedScratch(d2l.LinearRegressionScratch):  # type: ignore[misc,name-def
 @needs_cuda
 def test_the_books_hand_written_sgd_and_clipping_replay_as_on_the_cpu() -> None:
     def fit(device: str) -> tuple[Any, Any, Exception | None]:
-        model = ClippedScratch(2, lr=0.03)
-        trainer = d2l.Trainer(max_epochs=3, progress=False, steps_per_execution=4, device=device,
-                              gradient_clip_val=0.5)
-        trainer.fit(model, _arrays())
-        return trainer, _on_cpu(model), None
+        return _fit(d2l.Trainer, ClippedScratch(2, lr=0.03), _arrays(), device=device, gradient_clip_val=0.5)
 
     with pytest.warns(UserWarning, match="fuses steps only on a GPU"):
         want = fit("cpu")
@@ -362,17 +351,14 @@ class DropoutMLP(d2l.Module):  # type: ignore[misc,name-defined]
 @pytest.mark.gpu
 @needs_cuda
 def test_dropout_draws_the_same_masks_replayed_as_step_by_step() -> None:
-    def fit(steps: int) -> tuple[Any, Any]:
+    def fit(steps: int) -> tuple[Any, Any, Exception | None]:
         torch.manual_seed(0)  # the layers' weights (built on the CPU) and the GPU's dropout masks
-        model = DropoutMLP(lr=0.05)
-        trainer = d2l.Trainer(max_epochs=3, progress=False, steps_per_execution=steps, device="gpu")
-        trainer.fit(model, _arrays())
-        return trainer, _on_cpu(model)
+        return _fit(d2l.Trainer, DropoutMLP(lr=0.05), _arrays(), device="gpu", steps_per_execution=steps)
 
     eager, fused = fit(1), fit(4)
-    assert eager[0]._step.graphs is None
+    assert eager[0]._step.graphs is None and eager[2] is None
     assert all(g is not None for g in fused[0]._step.graphs._graphs.values())
-    _same_run((*fused, None), (*eager, None))
+    _same_run(fused, eager)
     # Dropout did draw: without it the same run ends elsewhere.
     torch.manual_seed(0)
     plain = DropoutMLP(lr=0.05)
@@ -386,13 +372,11 @@ def test_dropout_draws_the_same_masks_replayed_as_step_by_step() -> None:
 @needs_cuda
 def test_a_training_step_that_reads_the_host_runs_uncaptured_with_a_warning() -> None:
     want = _fit(d2l.Trainer, "concise", _arrays())
-    model = HostReading(lr=0.03)
-    trainer = d2l.Trainer(max_epochs=3, progress=False, steps_per_execution=4, device="gpu")
     with pytest.warns(UserWarning, match="training_step cannot be captured in a CUDA graph"):
-        trainer.fit(model, _arrays())
-    assert np.isfinite(model.last_loss)
-    assert any(key[0] == "train" and g is None for key, g in trainer._step.graphs._graphs.items())
-    _same_run((trainer, _on_cpu(model), None), want)
+        got = _fit(d2l.Trainer, HostReading(lr=0.03), _arrays(), device="gpu")
+    assert np.isfinite(got[1].last_loss)
+    assert any(key[0] == "train" and g is None for key, g in got[0]._step.graphs._graphs.items())
+    _same_run(got, want)
 
 
 @pytest.mark.gpu
