@@ -170,7 +170,10 @@ def test_non_finite_data_from_a_foreign_loader_is_named_and_not_applied(d2l: Any
     loader = lambda X, y: [(X[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8)]  # noqa: E731
     with pytest.raises(d2lx.NonFiniteDataError, match=r"training batch 1 of epoch 0 \(step 1\)"):
         d2l.Trainer(max_epochs=1, progress=False).fit(net, Foreign(loader, X, y))
-    assert len(seen) == 1 and onp.array_equal(net.get_w_b()[0], seen[0])
+    # The late guard (d2lx's SGD on one context) let batch 1's update land, read its loss a step later and
+    # undid it: the model holds the parameters after batch 0, exactly.
+    assert len(seen) == 2 and onp.isnan(seen[1]).all() and onp.isfinite(seen[0]).all()
+    assert onp.array_equal(net.get_w_b()[0], seen[0])
 
 
 def test_a_non_finite_loss_leaves_the_parameters_of_the_step_before(d2l: Any) -> None:

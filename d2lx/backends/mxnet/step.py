@@ -8,9 +8,14 @@ hand-written one with ``step``). The ``1`` matters:
 the losses are already minibatch means, so any other value would shrink the
 step (and by a different factor on the shorter last batch).
 
-The guard (:class:`d2lx.guard.EagerGuard`) reads the loss once per step,
-after ``backward`` is queued and before the update, so a non-finite loss
-never lands (its gradients are written, not applied).
+The guard reads the loss once per step. With a ``gluon.Trainer`` or d2lx's
+``SGD`` on one context it is :class:`d2lx.guard.LateGuard`: the update
+lands after a copy of the parameters and the optimizer's state (made on
+MXNet's engine), and the loss is read a step later, when it is ready, so
+the host never waits for a forward pass; a non-finite loss is undone from
+the copy. With any other optimizer (whose state d2lx cannot copy) it is
+:class:`d2lx.guard.EagerGuard`, which reads the loss before the update.
+Either way a non-finite loss's update is never kept.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from __future__ import annotations
 from typing import Any
 
 import mxnet as mx
-from mxnet import autograd, np
+from mxnet import autograd, gluon, np
 
+from d2lx.backends.mxnet.models import SGD
 from d2lx.backends.mxnet.ops import as_np
 from d2lx.errors import ArgumentTypeError
-from d2lx.guard import EagerGuard
+from d2lx.guard import EagerGuard, LateGuard
 from d2lx.loader import ArrayLoader, Batch
 from d2lx.step import Divergence, EpochResult, step_loss
 
@@ -60,6 +66,106 @@ def _assign(array: np.ndarray, value: np.ndarray) -> None:
     array[:] = value  # in place (every context's copy): the gradient buffers stay attached
 
 
+def _save_tree(state: Any, saved: Any) -> Any:
+    """Copy ``state`` (an array, ``None``, or tuples and lists of them) into ``saved``, its earlier copy
+    (made now when ``None``): in place, so a step allocates nothing."""
+    if isinstance(state, (tuple, list)):
+        saved = saved if saved is not None else [None] * len(state)
+        return [_save_tree(part, copy) for part, copy in zip(state, saved)]
+    if state is None:
+        return None
+    if saved is None:
+        return state.copy()
+    state.copyto(saved)
+    return saved
+
+
+def _undo_tree(state: Any, saved: Any) -> None:
+    if isinstance(state, (tuple, list)):
+        for part, copy in zip(state, saved):
+            _undo_tree(part, copy)
+    elif state is not None:
+        saved.copyto(state)
+
+
+class GluonUpdateSaver:
+    """:class:`d2lx.guard.UpdateSaver` for the parameters and, with a ``gluon.Trainer``, its optimizer.
+
+    Gluon keeps an optimizer's state in its updaters (``states``: one entry
+    per parameter, made on its first update) and counts updates on the host
+    (``_index_update_count``, ``num_update``: learning-rate schedules and
+    Adam's bias correction read them). All of it is copied, so an undone
+    update leaves no trace; the arrays are copied in place into buffers kept
+    for the fit.
+    """
+
+    def __init__(self, params: list[np.ndarray], optim: Any) -> None:
+        self.params = params
+        self.optim = optim if isinstance(optim, gluon.Trainer) else None
+        self._params: list[np.ndarray] = []
+        self._states: dict[tuple[int, int], Any] = {}
+        self._counts: dict[Any, dict[int, int]] = {}
+        self._num_update = 0
+
+    def save(self) -> None:
+        if not self._params:
+            self._params = [p.copy() for p in self.params]
+        else:
+            for param, saved in zip(self.params, self._params):
+                param.copyto(saved)
+        if self.optim is None:
+            return
+        keys = set()
+        for u, updater in enumerate(self.optim._updaters):
+            for index, state in updater.states.items():
+                keys.add((u, index))
+                self._states[u, index] = _save_tree(state, self._states.get((u, index)))
+        for key in set(self._states) - keys:
+            del self._states[key]
+        optimizer = self.optim._optimizer
+        self._counts = {device: dict(counts) for device, counts in optimizer._all_index_update_counts.items()}
+        self._num_update = optimizer.num_update
+
+    def undo(self) -> None:
+        for param, saved in zip(self.params, self._params):
+            saved.copyto(param)
+        if self.optim is None:
+            return
+        for u, updater in enumerate(self.optim._updaters):
+            for index in list(updater.states):
+                if (u, index) in self._states:
+                    _undo_tree(updater.states[index], self._states[u, index])
+                else:  # made by the undone update: made again by the next one
+                    del updater.states[index]
+                    updater.states_synced.pop(index, None)
+        optimizer = self.optim._optimizer
+        for device, counts in optimizer._all_index_update_counts.items():
+            counts.clear()  # in place: the optimizer's current counts are one of these dicts
+            counts.update(self._counts.get(device, {}))
+        optimizer.num_update = self._num_update
+
+
+def update_saver(optim: Any, params: list[np.ndarray], contexts: list[mx.Context]) -> GluonUpdateSaver | None:
+    """A saver for ``optim``'s updates, or ``None`` where d2lx cannot copy all they change.
+
+    One context only (several share a kvstore, see ``distributed.py``);
+    ``gluon.Trainer`` only where it updates on the host's updaters (a
+    distributed kvstore keeps the state itself); d2lx's stateless ``SGD``.
+    A reader's own optimizer may keep state of its own: it gets the eager
+    guard.
+    """
+    if len(contexts) != 1:
+        return None
+    if isinstance(optim, SGD):
+        return GluonUpdateSaver(params, None)
+    if isinstance(optim, gluon.Trainer):
+        kvstore = optim._kvstore_params["kvstore"]
+        if (kvstore is None or (isinstance(kvstore, str) and "dist" not in kvstore)) \
+                and not optim._contains_sparse_weight:
+            return GluonUpdateSaver(params, optim)
+    return None
+
+
 class MXNetStep:
     """:class:`d2lx.step.Step` for one MXNet fit (one context; see ``distributed.py`` for several)."""
 
@@ -71,7 +177,9 @@ class MXNetStep:
         self.optim = trainer.optim
         self.contexts: list[mx.Context] = list(trainer.contexts)
         params = [a for ctx in self.contexts for a in self.model.param_arrays(ctx)]
-        self.guard = EagerGuard(params, trainer.check_finite, all_finite, _copy, _assign)
+        saver = update_saver(self.optim, params, self.contexts)
+        self.guard: EagerGuard = EagerGuard(params, trainer.check_finite, all_finite, _copy, _assign) \
+            if saver is None else LateGuard(params, trainer.check_finite, all_finite, _copy, _assign, saver)
 
     def begin_epoch(self) -> None:
         self.guard.begin_epoch()
@@ -92,13 +200,18 @@ class MXNetStep:
 
     def train(self, batch: Batch) -> np.ndarray:
         loss = self._loss(batch)
-        # backward is queued before the guard's read of the loss: while the host waits for the
-        # forward pass, the engine goes on into the backward pass (gradients are only written; the
-        # update, which the guard decides on, comes after)
+        # backward is queued before the guard's read of a loss: while the host waits, the engine goes on
+        # into the backward pass (gradients are only written; the update, which the guard decides on,
+        # comes after)
         loss.backward()
-        if self.accepts(loss, batch):
+        guard = self.guard
+        if isinstance(guard, LateGuard) and guard.check:
+            if guard.resolve():  # the last step's loss, ready by now
+                guard.will_update(loss, batch)
+                self.update()
+        elif self.accepts(loss, batch):
             self.update()
-            self.guard.applied()
+            guard.applied()
         return loss.detach()
 
     def update(self) -> None:
