@@ -1,8 +1,10 @@
-"""The divergence guard's errors: one wording for every backend and every way a run diverges.
+"""The divergence guard: its errors (one wording for every backend) and the eager backends' guards.
 
-A step never applies an update whose loss, or whose resulting parameters,
-are NaN or inf (see :mod:`d2lx.step`); the core turns what the step latched
-into the error here, after putting the step counter where training stopped.
+A step never keeps an update whose loss, or whose resulting parameters,
+are NaN or inf (see :mod:`d2lx.step`): it does not apply it, or, with
+:class:`LateGuard`, undoes it before the next update. The core turns what
+the step latched into the error here, after putting the step counter where
+training stopped.
 Losses read back at the end of an epoch are checked too: a validation loss
 can overflow although every parameter is finite.
 """
@@ -143,18 +145,21 @@ class LateGuard(EagerGuard):
     Why: MXNet queues each operation on its engine and returns at once, so
     the host can prepare step k+1 while step k computes. Reading step k's
     loss before its update, as :class:`EagerGuard` does, makes the host wait
-    for every forward pass: the MLP benchmark ran at 1.19x the hand-written
-    loop that way, and at 1.02x with the read a step late. So each update
+    for every forward pass: in A/B runs of the MLP benchmark that cost
+    1.23-1.35x the hand-written loop, and the read a step late 1.05-1.14x,
+    about what no guard costs (1.01-1.13x in the same runs). So each update
     lands after ``saver.save()`` has copied what it changes (on the engine:
     the host does not wait), and its loss is read once the next step's
-    forward and backward passes are queued, by which time it is ready. A
+    forward pass is queued, by which time it is ready. A
     non-finite loss is then undone from that copy before the next update,
     and the verdict is :class:`EagerGuard`'s on the same step: the model
     ends exactly where the eager guard leaves it, and the refused update is
     never kept.
 
-    The step calls :meth:`resolve` after queuing a step's backward pass and,
-    if it returns True, :meth:`will_update` before the update.
+    The step calls :meth:`resolve` after queuing a step's forward pass and,
+    if it returns True, runs the backward pass and calls :meth:`will_update`
+    before the update. If it returns False, the backward pass is skipped, so
+    the gradient buffers keep the refused step's gradients.
     """
 
     def __init__(self, params: list[Any], check: bool, all_finite: Any, copy: Any, assign: Any,

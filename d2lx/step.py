@@ -21,9 +21,10 @@ model, checkpoint state), and per fit an object that satisfies :class:`Step`:
   core hands it a foreign loader's batches as they come (host arrays
   included) instead of calling ``prepare_batch`` first (JAX: its jitted
   step copies host arrays to the device in its C++ dispatch).
-* ``divergence()``: the guard. A step never applies an update whose loss,
-  or whose resulting parameters, are not finite; it latches the first such
-  step instead. ``host_guard`` says whether that is known on the host after
+* ``divergence()``: the guard. A step never keeps an update whose loss,
+  or whose resulting parameters, are not finite (it does not apply it, or,
+  with MXNet's ``LateGuard``, undoes it before the next update); it latches
+  the first such step instead. ``host_guard`` says whether that is known on the host after
   each ``train`` (eager backends check there) or only when asked (compiled
   backends latch on the device and are read once per epoch).
 

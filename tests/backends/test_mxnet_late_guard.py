@@ -4,7 +4,8 @@ The eager guard never applies a step whose loss is not finite; the late
 guard applies it, reads its loss once the next step is queued, and puts the
 parameters, the optimizer's state and its update counts back. These tests
 run the same diverging fit under both guards and require the same error and
-the same model and optimizer afterwards, bit for bit: with a stateless SGD,
+the same model, gradients (the refused step's) and optimizer afterwards,
+bit for bit: with a stateless SGD,
 momentum, Adam (state made on the first update), and a learning-rate
 schedule (which reads the update counts); with the refused step first in a
 fit, in the middle of an epoch, and last in an epoch (judged at its end).
@@ -111,6 +112,7 @@ def _diverging_fit(optimizer: str, bad_epoch: int, bad_row: int) -> dict[str, An
     states, counts, num_update = _optimizer_state(model.optim)
     return {"error": str(error.value), "step": trainer.train_batch_idx, "guard": type(trainer._step.guard),
             "params": [p.data().asnumpy() for p in model.collect_params().values()],
+            "grads": [p.grad().asnumpy() for p in model.collect_params().values()],  # the refused step's
             "states": states, "counts": counts, "num_update": num_update}
 
 
@@ -128,7 +130,7 @@ def test_the_late_guard_ends_where_the_eager_guard_ends(optimizer: str, bad_epoc
     assert late["error"] == eager["error"]
     assert f"the loss became NaN or inf at epoch {bad_epoch}, step {refused}" in late["error"]
     assert late["step"] == eager["step"] == refused
-    for got, want in zip(late["params"], eager["params"], strict=True):
+    for got, want in zip(late["params"] + late["grads"], eager["params"] + eager["grads"], strict=True):
         onp.testing.assert_array_equal(got, want)
     assert sorted(late["states"]) == sorted(eager["states"])
     for name, want in eager["states"].items():

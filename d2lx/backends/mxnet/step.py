@@ -200,16 +200,20 @@ class MXNetStep:
 
     def train(self, batch: Batch) -> np.ndarray:
         loss = self._loss(batch)
-        # backward is queued before the guard's read of a loss: while the host waits, the engine goes on
-        # into the backward pass (gradients are only written; the update, which the guard decides on,
-        # comes after)
-        loss.backward()
         guard = self.guard
         if isinstance(guard, LateGuard) and guard.check:
-            if guard.resolve():  # the last step's loss, ready by now
+            # The last step's loss, ready by now: this forward pass is queued after its update. If it is
+            # refused, backward is not run, so the gradient buffers keep the refused step's gradients.
+            if guard.resolve():
+                loss.backward()
                 guard.will_update(loss, batch)
                 self.update()
-        elif self.accepts(loss, batch):
+            return loss.detach()
+        # backward is queued before the eager guard's read of the loss: while the host waits, the engine
+        # goes on into the backward pass (gradients are only written; the update, which the guard decides
+        # on, comes after)
+        loss.backward()
+        if self.accepts(loss, batch):
             self.update()
             guard.applied()
         return loss.detach()
