@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loops import Frozen, loader_data
-from benchmarks.targets import fastest_epoch_method
 from benchmarks.timing import Staged, best_of, error, skipped, summarize, time_interleaved, time_repeats
 from benchmarks.workloads import SEED, Workload, lr_of, splits, w_error
 
@@ -224,14 +223,23 @@ def time_alternating(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: An
             "repeats": repeats}
 
 
-def best_mode_spe(methods: dict[str, Any]) -> int:
-    """The ``steps_per_execution`` of d2lx's fastest epoch (:func:`benchmarks.targets.best_epoch`'s)."""
-    return int(methods["d2lx_fused"]["best_spe"]) if fastest_epoch_method(methods) == "d2lx_fused" else 1
+def copy_target_spe(methods: dict[str, Any]) -> int:
+    """The ``steps_per_execution`` timed against the copy: the fused mode's best where it ran, else 1.
+
+    The issue states the copy target for the fused epoch, so that is what
+    is timed where the trainer fuses (``d2lx_fused`` ran); elsewhere the
+    trainer only runs step by step. It used to be the mode whose block was
+    faster, which let one slow block (TensorFlow's fused epochs in a slow
+    minute, 34 against 26-29 ms) put the step-by-step epoch on the target.
+    """
+    fused = methods["d2lx_fused"]
+    return int(fused["best_spe"]) if fused.get("status") == "ok" else 1
 
 
 def time_epoch_against_copy(ns: ModuleType, loop_mod: ModuleType, w: Workload, data: Any, init: Frozen,
                             repeats: int, spe: int, copy: Callable[[], None]) -> dict[str, Any]:
-    """d2lx's fastest mode (``spe``) and the copy of its data timed alternately: the copy target's ratio.
+    """d2lx's fit at ``spe`` (:func:`copy_target_spe`) and the copy of its data timed alternately: the copy
+    target's ratio.
 
     Why: the copy and the d2lx blocks run a minute apart, and this VM's
     speed drifts by up to a third in that time (see :func:`time_alternating`).

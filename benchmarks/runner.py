@@ -20,7 +20,7 @@ from benchmarks import loops
 from benchmarks.keras_worker import KERAS_BACKENDS, run_keras
 from benchmarks.loops import Frozen
 from benchmarks.methods import (
-    best_mode_spe,
+    copy_target_spe,
     fused_devices,
     time_alternating,
     time_board_share,
@@ -140,7 +140,7 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
         alternating = (time_alternating(ns, loop_mod, w, data, frozen, reps, loop["best_variant"])
                        if w.group in STEP_GROUPS and ns is not None and loop.get("status") == "ok"
                        and methods["d2lx_step"].get("status") == "ok" else None)
-        against_copy = (time_epoch_against_copy(ns, loop_mod, w, data, frozen, reps, best_mode_spe(methods),
+        against_copy = (time_epoch_against_copy(ns, loop_mod, w, data, frozen, reps, copy_target_spe(methods),
                                                 copier)
                         if copier is not None and w.group in COPY_GROUPS and ns is not None
                         and methods["d2lx_step"].get("status") == "ok" else None)

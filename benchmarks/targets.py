@@ -28,7 +28,7 @@ TARGETS: tuple[dict[str, Any], ...] = (
     {"name": "d2lx step-by-step / hand-written loop (timed alternately)",
      "value": "step_over_loop_alternating", "op": "<=", "threshold": 1.15, "groups": STEP_GROUPS,
      "backends": BACKENDS},
-    {"name": "best d2lx epoch / NumPy copy of the training data (timed alternately)",
+    {"name": "d2lx fused epoch / NumPy copy of the training data (timed alternately)",
      "value": "fused_over_copy_alternating", "op": "<=",
      "threshold": 3.0, "groups": ("large",), "backends": ("jax", "tensorflow", "torch"),
      "needs_fusion": True},
@@ -76,9 +76,9 @@ def ratios(methods: dict[str, Any], copy: dict[str, Any] | None, w: Workload,
     ``board_share``: the board's part of a fit (``time_board_share``);
     ``step_over_loop_alternating``: ``d2lx_step`` over the loop, the two
     timed alternately (``time_alternating``), what the per-step target uses;
-    ``fused_over_copy_alternating``: the best mode's epoch over the copy, the
-    two timed alternately (``time_epoch_against_copy``), what the copy target
-    uses.
+    ``fused_over_copy_alternating``: the fused epoch (step by step where the
+    trainer does not fuse) over the copy, the two timed alternately
+    (``time_epoch_against_copy``), what the copy target uses.
     """
     step, loop, keras = (_median(methods, k) for k in ("d2lx_step", "loop", "keras"))
     fused = fused_median(methods)
