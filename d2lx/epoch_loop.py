@@ -116,12 +116,18 @@ class EpochLoop:
         step.set_training(True)
         prepare, train_step, record = self._batch_mover(train, step), step.train, self._train_meter.add
         host_guard, divergence = step.host_guard, step.divergence
-        for batch in train:
-            batch = prepare(batch)
-            record(train_step(batch), batch_size_of(batch))
-            self.train_batch_idx += 1
-            if host_guard and divergence() is not None:
-                self._check(step, first)  # puts train_batch_idx back at the refused step
+        try:
+            for batch in train:
+                batch = prepare(batch)
+                record(train_step(batch), batch_size_of(batch))
+                self.train_batch_idx += 1
+                if host_guard and divergence() is not None:
+                    self._check(step, first)  # puts train_batch_idx back at the refused step
+        except BaseException:
+            if host_guard:  # an error or an interrupt mid-epoch: the updates that landed are judged first
+                with contextlib.suppress(Exception):  # (MXNet's late guard has one unread loss)
+                    divergence(True)
+            raise
         self._check(step, first, end_of_epoch=True)
         self.num_train_batches = known_length(train) or self.train_batch_idx - first
         if val is None:

@@ -159,7 +159,10 @@ class LateGuard(EagerGuard):
     The step calls :meth:`resolve` after queuing a step's forward pass and,
     if it returns True, runs the backward pass and calls :meth:`will_update`
     before the update. If it returns False, the backward pass is skipped, so
-    the gradient buffers keep the refused step's gradients.
+    the gradient buffers keep the refused step's gradients. When an error or
+    an interrupt leaves an epoch early, the core asks for the epoch's verdict
+    on the way out (``divergence(end_of_epoch=True)``), so the one update
+    whose loss is still unread is judged too.
     """
 
     def __init__(self, params: list[Any], check: bool, all_finite: Any, copy: Any, assign: Any,

@@ -104,10 +104,11 @@ def _optimizer_state(optim: Any) -> tuple[dict[str, onp.ndarray], dict[int, int]
     return leaves, dict(optimizer._index_update_count), optimizer.num_update
 
 
-def _diverging_fit(optimizer: str, bad_epoch: int, bad_row: int) -> dict[str, Any]:
-    model = OPTIMIZERS[optimizer]()
+def _diverging_fit(optimizer: str, bad_epoch: int, bad_row: int, model: Any = None,
+                   raises: type[BaseException] = d2lx.DivergenceError) -> dict[str, Any]:
+    model = OPTIMIZERS[optimizer]() if model is None else model
     trainer = d2l.Trainer(max_epochs=3, progress=False)
-    with pytest.raises(d2lx.DivergenceError) as error:
+    with pytest.raises(raises) as error:
         trainer.fit(model, OneBadEpoch(bad_epoch, bad_row))
     states, counts, num_update = _optimizer_state(model.optim)
     return {"error": str(error.value), "step": trainer.train_batch_idx, "guard": type(trainer._step.guard),
@@ -136,6 +137,33 @@ def test_the_late_guard_ends_where_the_eager_guard_ends(optimizer: str, bad_epoc
     for name, want in eager["states"].items():
         onp.testing.assert_array_equal(late["states"][name], want, err_msg=name)
     assert late["counts"] == eager["counts"] and late["num_update"] == eager["num_update"] == refused
+
+
+class InterruptedAdam(GluonNet):
+    """Adam, interrupted (Ctrl-C) in the fourth ``training_step``: right after batch 2's update landed."""
+
+    calls = 0
+
+    def training_step(self, batch: Any) -> Any:
+        self.calls += 1
+        if self.calls == 4:
+            raise KeyboardInterrupt
+        return super().training_step(batch)
+
+
+def test_an_interrupt_after_a_refused_update_still_undoes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch 2's loss is infinite; its update landed and is unread when Ctrl-C comes: the core judges it
+    on the way out, so the model holds what the eager guard leaves (which stops at batch 2)."""
+    late = _diverging_fit("adam", 0, 20, InterruptedAdam("adam", 0.05), raises=KeyboardInterrupt)
+    monkeypatch.setattr(mxnet_step, "update_saver", lambda *args: None)
+    eager = _diverging_fit("adam", 0, 20)
+    assert late["guard"] is LateGuard and eager["step"] == 2
+    for got, want in zip(late["params"], eager["params"], strict=True):
+        onp.testing.assert_array_equal(got, want)
+    assert sorted(late["states"]) == sorted(eager["states"])
+    for name, want in eager["states"].items():
+        onp.testing.assert_array_equal(late["states"][name], want, err_msg=name)
+    assert late["num_update"] == eager["num_update"] == 2
 
 
 def test_a_run_the_late_guard_lets_through_equals_the_eager_guards(monkeypatch: pytest.MonkeyPatch) -> None:
