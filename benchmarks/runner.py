@@ -11,6 +11,7 @@ the medians (:mod:`benchmarks.targets`).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -48,6 +49,11 @@ SCHEMA = "d2lx-bench/2"
 #: of a 3 ms fit, and 11 alternating pairs of such fits scatter by about as much (JAX seed/concise:
 #: 7.9% in a full run, -0.3% over 41 pairs of the same code).
 BOARD_REPEATS = 4
+#: In a full run, each side of an alternating series (the step and copy targets' ratios) gets at least
+#: this many seconds, in up to MAX_PAIRS pairs: over the workload's 5 pairs a 4 ms fit's median rests
+#: on 20 ms of a VM whose speed drifts (JAX loader: 1.57 over 5 pairs where its blocks gave 0.80).
+ALTERNATING_SECONDS = 1.0
+MAX_PAIRS = 60
 
 
 class FrameworkMissing(RuntimeError):
@@ -106,6 +112,18 @@ def repeats_for(repeats: int | dict[str, int], w: Workload) -> int:
     return repeats if isinstance(repeats, int) else repeats[w.group]
 
 
+def alternating_pairs(repeats: int, fit_s: float | None, smoke: bool) -> int:
+    """Pairs for an alternating series of fits that take about ``fit_s`` each: ``repeats``, or more for
+    short fits in a full run (:data:`ALTERNATING_SECONDS`); a smoke run keeps ``repeats``."""
+    if smoke or fit_s is None or fit_s <= 0:
+        return repeats
+    return max(repeats, min(MAX_PAIRS, math.ceil(ALTERNATING_SECONDS / fit_s)))
+
+
+def _median_s(method: dict[str, Any]) -> float | None:
+    return float(method["median_s"]) if method.get("status") == "ok" else None
+
+
 def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | dict[str, int] = 5,
                 spe_values: Sequence[int] = (8, 32, 128, 1024), keras: bool = True, smoke: bool = False,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -137,11 +155,13 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
         board = (time_board_share(ns, loop_mod, w, data, frozen, BOARD_REPEATS * reps)
                  if w.group == "seed" and ns is not None else None)
         loop = methods["loop"]
-        alternating = (time_alternating(ns, loop_mod, w, data, frozen, reps, loop["best_variant"])
+        pairs = alternating_pairs(reps, _median_s(methods["d2lx_step"]), smoke)
+        alternating = (time_alternating(ns, loop_mod, w, data, frozen, pairs, loop["best_variant"])
                        if w.group in STEP_GROUPS and ns is not None and loop.get("status") == "ok"
                        and methods["d2lx_step"].get("status") == "ok" else None)
-        against_copy = (time_epoch_against_copy(ns, loop_mod, w, data, frozen, reps, copy_target_spe(methods),
-                                                copier)
+        spe = copy_target_spe(methods)
+        pairs = alternating_pairs(reps, _median_s(methods["d2lx_fused" if spe > 1 else "d2lx_step"]), smoke)
+        against_copy = (time_epoch_against_copy(ns, loop_mod, w, data, frozen, pairs, spe, copier)
                         if copier is not None and w.group in COPY_GROUPS and ns is not None
                         and methods["d2lx_step"].get("status") == "ok" else None)
         results.append({"workload": w.as_dict(), "methods": methods, "numpy_copy": copy, "board": board,

@@ -222,6 +222,15 @@ def test_a_staged_runs_setup_is_not_timed(monkeypatch: pytest.MonkeyPatch) -> No
     assert staged_s == pytest.approx([0.001] * 2) and plain_s == pytest.approx([1.0] * 2)
 
 
+def test_short_fits_get_more_alternating_pairs_in_a_full_run() -> None:
+    # at least ALTERNATING_SECONDS (1 s) a side, between the workload's repeats and MAX_PAIRS (60)
+    assert runner.alternating_pairs(5, 0.150, smoke=False) == 7
+    assert runner.alternating_pairs(5, 0.004, smoke=False) == 60
+    assert runner.alternating_pairs(11, 0.5, smoke=False) == 11
+    assert runner.alternating_pairs(5, 0.004, smoke=True) == 5  # a smoke run keeps its repeats
+    assert runner.alternating_pairs(5, None, smoke=False) == 5  # d2lx did not run
+
+
 def test_targets_follow_the_ratios(doc: dict, framework_backend: str, fuses: bool) -> None:
     rows = doc["targets"]
     for t in rows:
