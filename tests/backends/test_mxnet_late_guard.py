@@ -21,43 +21,25 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
-from mxnet import gluon, init  # noqa: E402
+
+from mxnet_readers import GluonNet, ReaderSGD  # noqa: E402
 
 import d2lx  # noqa: E402
 from d2lx import registry  # noqa: E402
 from d2lx.backends.mxnet import step as mxnet_step  # noqa: E402
 from d2lx.data import DataModule  # noqa: E402
 from d2lx.guard import EagerGuard, LateGuard  # noqa: E402
-from d2lx.hyperparameters import HyperParameters  # noqa: E402
 
 d2l = registry.load("mxnet")
 
 ROWS, BATCH = 40, 8  # five batches an epoch, in order
 
 
-class GluonNet(d2l.Module):  # type: ignore[misc, name-defined]
-    """d2l 3.5's reader model with a chosen ``gluon.Trainer``."""
-
-    def __init__(self, optimizer: str, lr: float, **options: Any) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = gluon.nn.Dense(1)
-        self.net.initialize(init.Constant(0.1))
-
-    def loss(self, y_hat: Any, y: Any) -> Any:
-        return ((y_hat - y) ** 2).mean()
-
-    def configure_optimizers(self) -> Any:
-        self.optim = gluon.Trainer(self.collect_params(), self.optimizer, {"learning_rate": self.lr,
-                                                                           **self.options})
-        return self.optim
-
-
 OPTIMIZERS = {
-    "sgd": lambda: GluonNet("sgd", 0.05),
-    "momentum": lambda: GluonNet("sgd", 0.05, momentum=0.9),
-    "adam": lambda: GluonNet("adam", 0.05),
-    "schedule": lambda: GluonNet("sgd", 0.05,
+    "sgd": lambda: GluonNet(0.05),
+    "momentum": lambda: GluonNet(0.05, momentum=0.9),
+    "adam": lambda: GluonNet(0.05, "adam"),
+    "schedule": lambda: GluonNet(0.05,
                                  lr_scheduler=mx.lr_scheduler.FactorScheduler(step=3, factor=0.5)),
 }
 
@@ -154,7 +136,7 @@ class InterruptedAdam(GluonNet):
 def test_an_interrupt_after_a_refused_update_still_undoes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batch 2's loss is infinite; its update landed and is unread when Ctrl-C comes: the core judges it
     on the way out, so the model holds what the eager guard leaves (which stops at batch 2)."""
-    late = _diverging_fit("adam", 0, 20, InterruptedAdam("adam", 0.05), raises=KeyboardInterrupt)
+    late = _diverging_fit("adam", 0, 20, InterruptedAdam(0.05, "adam"), raises=KeyboardInterrupt)
     monkeypatch.setattr(mxnet_step, "update_saver", lambda *args: None)
     eager = _diverging_fit("adam", 0, 20)
     assert late["guard"] is LateGuard and eager["step"] == 2
@@ -179,25 +161,14 @@ def test_a_run_the_late_guard_lets_through_equals_the_eager_guards(monkeypatch: 
         onp.testing.assert_array_equal(got, want)
 
 
-class ReaderSGD(HyperParameters):
-    """A reader's own optimizer: d2lx cannot know what state it keeps, so it gets the eager guard."""
-
-    def __init__(self, params: list[Any], lr: float) -> None:
-        self.save_hyperparameters()
-
-    def step(self, _: Any) -> None:
-        for param in self.params:
-            param -= self.lr * param.grad
-
-
 def test_only_optimizers_whose_state_d2lx_copies_get_the_late_guard() -> None:
     class Reader(GluonNet):
         def configure_optimizers(self) -> Any:
             return ReaderSGD([p.data() for p in self.collect_params().values()], self.lr)
 
     guards = {}
-    models = {"gluon": GluonNet("sgd", 0.05), "d2lx SGD": d2l.LinearRegressionScratch(2, lr=0.05),
-              "reader": Reader("sgd", 0.05)}
+    models = {"gluon": GluonNet(0.05), "d2lx SGD": d2l.LinearRegressionScratch(2, lr=0.05),
+              "reader": Reader(0.05)}
     for name, model in models.items():
         trainer = d2l.Trainer(max_epochs=1, progress=False)
         trainer.fit(model, OneBadEpoch(bad_epoch=-1, bad_row=0))

@@ -20,13 +20,13 @@ import pytest
 
 mx = pytest.importorskip("mxnet")
 
-from mxnet import autograd, gluon, init, np  # noqa: E402
+from mxnet import autograd, gluon, np  # noqa: E402
+from mxnet_readers import GluonNet, ReaderSGD  # noqa: E402
 
 import d2lx  # noqa: E402
 from d2lx import registry  # noqa: E402
 from d2lx.checkpoint import ModelCheckpoint  # noqa: E402
 from d2lx.data import ArrayData, DataModule, SyntheticRegressionData  # noqa: E402
-from d2lx.hyperparameters import HyperParameters  # noqa: E402
 from d2lx.seeding import generator, initial_linear_params  # noqa: E402
 
 Module = registry.load("mxnet").Module
@@ -194,37 +194,6 @@ def test_overflowed_parameters_are_reset_to_the_epochs_start(d2l: Any, batch_siz
     with pytest.raises(d2lx.DivergenceError, match=r"made the parameters NaN or inf .*start of epoch 0"):
         d2l.Trainer(max_epochs=2, progress=False).fit(net, ArrayData(X, y, batch_size=batch_size))
     onp.testing.assert_array_equal(net.get_w_b()[0], initial_linear_params(generator("params", 0), 2)[0])
-
-
-class GluonNet(Module):  # type: ignore[misc, valid-type]
-    """d2l 3.5's reader model with a chosen Gluon optimizer (deferred init, a structural name)."""
-
-    def __init__(self, lr: float, optimizer: str = "sgd", **options: Any) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = gluon.nn.Dense(1)
-        self.net.initialize(init.Constant(0.1))
-
-    def loss(self, y_hat: Any, y: Any) -> Any:
-        return ((y_hat - y) ** 2).mean()
-
-    def configure_optimizers(self) -> Any:
-        options = {"learning_rate": self.lr, **self.options}
-        return gluon.Trainer(self.collect_params(), self.optimizer, options)
-
-    def arrays(self) -> list[onp.ndarray]:
-        return [p.data(mx.cpu(0)).asnumpy() for p in self.collect_params().values()]
-
-
-class ReaderSGD(HyperParameters):
-    """d2l 3.4's MXNet SGD, as a reader writes it: it updates the arrays it was given."""
-
-    def __init__(self, params: list[Any], lr: float) -> None:
-        self.save_hyperparameters()
-
-    def step(self, _: Any) -> None:
-        for param in self.params:
-            param -= self.lr * param.grad
 
 
 class Scratch(Module):  # type: ignore[misc, valid-type]
