@@ -30,7 +30,15 @@ from benchmarks.methods import (
     time_loop,
 )
 from benchmarks.report import gpu_info, machine_info
-from benchmarks.targets import COPY_GROUPS, STEP_GROUPS, best_epoch, check_targets, gpu_bandwidth, ratios
+from benchmarks.targets import (
+    COPY_GROUPS,
+    STEP_GROUPS,
+    best_epoch,
+    check_targets,
+    gpu_bandwidth,
+    method_median,
+    ratios,
+)
 from benchmarks.timing import numpy_copier, skipped, time_copy
 from benchmarks.workloads import (
     GPU_BACKENDS,
@@ -120,10 +128,6 @@ def alternating_pairs(repeats: int, fit_s: float | None, smoke: bool) -> int:
     return max(repeats, min(MAX_PAIRS, math.ceil(ALTERNATING_SECONDS / fit_s)))
 
 
-def _median_s(method: dict[str, Any]) -> float | None:
-    return float(method["median_s"]) if method.get("status") == "ok" else None
-
-
 def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | dict[str, int] = 5,
                 spe_values: Sequence[int] = (8, 32, 128, 1024), keras: bool = True, smoke: bool = False,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -155,12 +159,13 @@ def run_backend(backend: str, workloads: Sequence[Workload], *, repeats: int | d
         board = (time_board_share(ns, loop_mod, w, data, frozen, BOARD_REPEATS * reps)
                  if w.group == "seed" and ns is not None else None)
         loop = methods["loop"]
-        pairs = alternating_pairs(reps, _median_s(methods["d2lx_step"]), smoke)
+        pairs = alternating_pairs(reps, method_median(methods, "d2lx_step"), smoke)
         alternating = (time_alternating(ns, loop_mod, w, data, frozen, pairs, loop["best_variant"])
                        if w.group in STEP_GROUPS and ns is not None and loop.get("status") == "ok"
                        and methods["d2lx_step"].get("status") == "ok" else None)
         spe = copy_target_spe(methods)
-        pairs = alternating_pairs(reps, _median_s(methods["d2lx_fused" if spe > 1 else "d2lx_step"]), smoke)
+        timed = "d2lx_fused" if spe > 1 else "d2lx_step"
+        pairs = alternating_pairs(reps, method_median(methods, timed), smoke)
         against_copy = (time_epoch_against_copy(ns, loop_mod, w, data, frozen, pairs, spe, copier)
                         if copier is not None and w.group in COPY_GROUPS and ns is not None
                         and methods["d2lx_step"].get("status") == "ok" else None)

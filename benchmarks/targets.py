@@ -45,7 +45,8 @@ RATIO_KEYS = ("step_over_loop", "fused_over_loop", "loop_over_fused", "keras_ove
               "fused_over_copy_alternating")
 
 
-def _median(methods: dict[str, Any], key: str) -> float | None:
+def method_median(methods: dict[str, Any], key: str) -> float | None:
+    """Method ``key``'s median seconds, or ``None`` where it did not run."""
     m = methods.get(key, {})
     return float(m["median_s"]) if m.get("status") == "ok" else None
 
@@ -60,7 +61,7 @@ def fused_median(methods: dict[str, Any]) -> float | None:
     if fused.get("status") == "ok":
         return float(fused["median_s"])
     if fused.get("same_as") == "d2lx_step":
-        return _median(methods, "d2lx_step")
+        return method_median(methods, "d2lx_step")
     return None
 
 
@@ -80,7 +81,7 @@ def ratios(methods: dict[str, Any], copy: dict[str, Any] | None, w: Workload,
     trainer does not fuse) over the copy, the two timed alternately
     (``time_epoch_against_copy``), what the copy target uses.
     """
-    step, loop, keras = (_median(methods, k) for k in ("d2lx_step", "loop", "keras"))
+    step, loop, keras = (method_median(methods, k) for k in ("d2lx_step", "loop", "keras"))
     fused = fused_median(methods)
     best = min((t for t in (step, fused) if t is not None), default=None)
     out: dict[str, float | None] = {
