@@ -27,6 +27,8 @@ from mxnet_readers import GluonNet, ReaderSGD  # noqa: E402
 import d2lx  # noqa: E402
 from d2lx import registry  # noqa: E402
 from d2lx.backends.mxnet import step as mxnet_step  # noqa: E402
+from d2lx.backends.mxnet.models import SGD  # noqa: E402
+from d2lx.backends.mxnet.trainer import _flatten as flatten_state  # noqa: E402
 from d2lx.data import DataModule  # noqa: E402
 from d2lx.guard import EagerGuard, LateGuard  # noqa: E402
 
@@ -72,16 +74,8 @@ class OneBadEpoch(DataModule):
 def _optimizer_state(optim: Any) -> tuple[dict[str, onp.ndarray], dict[int, int], int]:
     """The updater's state arrays by index, the update counts and ``num_update``, as host values."""
     leaves: dict[str, onp.ndarray] = {}
-
-    def walk(name: str, state: Any) -> None:
-        if isinstance(state, (tuple, list)):
-            for i, part in enumerate(state):
-                walk(f"{name}.{i}", part)
-        elif state is not None:
-            leaves[name] = state.asnumpy()
-
     for index, state in optim._updaters[0].states.items():
-        walk(str(index), state)
+        flatten_state(f"state.{index}", state, leaves)  # as checkpoints name them
     optimizer = optim._optimizer
     return leaves, dict(optimizer._index_update_count), optimizer.num_update
 
@@ -166,11 +160,21 @@ def test_only_optimizers_whose_state_d2lx_copies_get_the_late_guard() -> None:
         def configure_optimizers(self) -> Any:
             return ReaderSGD([p.data() for p in self.collect_params().values()], self.lr)
 
+    class CountingSGD(SGD):  # a reader's subclass of d2lx's SGD, with state of its own
+        def step(self, batch_size: int = 1) -> None:
+            self.steps = getattr(self, "steps", 0) + 1
+            super().step(batch_size)
+
+    class CountingScratch(d2l.LinearRegressionScratch):  # type: ignore[misc, name-defined]
+        def configure_optimizers(self) -> Any:
+            return CountingSGD([self.w, self.b], self.lr)
+
     guards = {}
     models = {"gluon": GluonNet(0.05), "d2lx SGD": d2l.LinearRegressionScratch(2, lr=0.05),
-              "reader": Reader(0.05)}
+              "reader": Reader(0.05), "SGD subclass": CountingScratch(2, lr=0.05)}
     for name, model in models.items():
         trainer = d2l.Trainer(max_epochs=1, progress=False)
         trainer.fit(model, OneBadEpoch(bad_epoch=-1, bad_row=0))
         guards[name] = type(trainer._step.guard)
-    assert guards == {"gluon": LateGuard, "d2lx SGD": LateGuard, "reader": EagerGuard}
+    assert guards == {"gluon": LateGuard, "d2lx SGD": LateGuard, "reader": EagerGuard,
+                      "SGD subclass": EagerGuard}

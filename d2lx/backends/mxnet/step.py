@@ -12,7 +12,7 @@ The guard reads the loss once per step. With a ``gluon.Trainer`` or d2lx's
 ``SGD`` on one context it is :class:`d2lx.guard.LateGuard`: the update
 lands after a copy of the parameters and the optimizer's state (made on
 MXNet's engine), and the loss is read a step later, when it is ready, so
-the host never waits for a forward pass; a non-finite loss is undone from
+the host does not wait for each step's forward pass; a non-finite loss is undone from
 the copy. With any other optimizer (whose state d2lx cannot copy) it is
 :class:`d2lx.guard.EagerGuard`, which reads the loss before the update.
 Either way a non-finite loss's update is never kept.
@@ -99,9 +99,9 @@ class GluonUpdateSaver:
     for the fit.
     """
 
-    def __init__(self, params: list[np.ndarray], optim: Any) -> None:
+    def __init__(self, params: list[np.ndarray], optim: gluon.Trainer | None) -> None:
         self.params = params
-        self.optim = optim if isinstance(optim, gluon.Trainer) else None
+        self.optim = optim
         self._params: list[np.ndarray] = []
         self._states: dict[tuple[int, int], Any] = {}
         self._counts: dict[Any, dict[int, int]] = {}
@@ -115,13 +115,10 @@ class GluonUpdateSaver:
                 param.copyto(saved)
         if self.optim is None:
             return
-        keys = set()
-        for u, updater in enumerate(self.optim._updaters):
-            for index, state in updater.states.items():
-                keys.add((u, index))
-                self._states[u, index] = _save_tree(state, self._states.get((u, index)))
-        for key in set(self._states) - keys:
-            del self._states[key]
+        saved = self._states  # the buffers of states already seen are reused
+        self._states = {(u, index): _save_tree(state, saved.get((u, index)))
+                        for u, updater in enumerate(self.optim._updaters)
+                        for index, state in updater.states.items()}
         optimizer = self.optim._optimizer
         self._counts = {device: dict(counts) for device, counts in optimizer._all_index_update_counts.items()}
         self._num_update = optimizer.num_update
@@ -150,13 +147,14 @@ def update_saver(optim: Any, params: list[np.ndarray], contexts: list[mx.Context
 
     One context only (several share a kvstore, see ``distributed.py``);
     ``gluon.Trainer`` only where it updates on the host's updaters (a
-    distributed kvstore keeps the state itself); d2lx's stateless ``SGD``.
+    distributed kvstore keeps the state itself); d2lx's stateless ``SGD``
+    (not a subclass of it).
     A reader's own optimizer may keep state of its own: it gets the eager
     guard.
     """
     if len(contexts) != 1:
         return None
-    if isinstance(optim, SGD):
+    if type(optim) is SGD:  # a subclass may keep state of its own
         return GluonUpdateSaver(params, None)
     if isinstance(optim, gluon.Trainer):
         kvstore = optim._kvstore_params["kvstore"]
