@@ -170,11 +170,12 @@ def test_only_optimizers_whose_state_d2lx_copies_get_the_late_guard() -> None:
             return CountingSGD([self.w, self.b], self.lr)
 
     guards = {}
-    models = {"gluon": GluonNet(0.05), "d2lx SGD": d2l.LinearRegressionScratch(2, lr=0.05),
-              "reader": Reader(0.05), "SGD subclass": CountingScratch(2, lr=0.05)}
-    for name, model in models.items():
-        trainer = d2l.Trainer(max_epochs=1, progress=False)
+    models = {"gluon": (GluonNet(0.05), True), "d2lx SGD": (d2l.LinearRegressionScratch(2, lr=0.05), True),
+              "reader": (Reader(0.05), True), "SGD subclass": (CountingScratch(2, lr=0.05), True),
+              "gluon, unchecked": (GluonNet(0.05), False)}
+    for name, (model, check_finite) in models.items():
+        trainer = d2l.Trainer(max_epochs=1, progress=False, check_finite=check_finite)
         trainer.fit(model, OneBadEpoch(bad_epoch=-1, bad_row=0))
         guards[name] = type(trainer._step.guard)
     assert guards == {"gluon": LateGuard, "d2lx SGD": LateGuard, "reader": EagerGuard,
-                      "SGD subclass": EagerGuard}
+                      "SGD subclass": EagerGuard, "gluon, unchecked": EagerGuard}

@@ -9,11 +9,12 @@ the losses are already minibatch means, so any other value would shrink the
 step (and by a different factor on the shorter last batch).
 
 The guard reads the loss once per step. With a ``gluon.Trainer`` or d2lx's
-``SGD`` on one context it is :class:`d2lx.guard.LateGuard`: the update
-lands after a copy of the parameters and the optimizer's state (made on
-MXNet's engine), and the loss is read a step later, when it is ready, so
-the host does not wait for each step's forward pass; a non-finite loss is undone from
-the copy. With any other optimizer (whose state d2lx cannot copy) it is
+``SGD`` on one context (and the guard on) it is
+:class:`d2lx.guard.LateGuard`: the update lands after a copy of the
+parameters and the optimizer's state (made on MXNet's engine), and the
+loss is read a step later, when it is ready, so the host does not wait for
+each step's forward pass; a non-finite loss is undone from the copy. With
+any other optimizer (whose state d2lx cannot copy) it is
 :class:`d2lx.guard.EagerGuard`, which reads the loss before the update.
 Either way a non-finite loss's update is never kept.
 """
@@ -175,7 +176,8 @@ class MXNetStep:
         self.optim = trainer.optim
         self.contexts: list[mx.Context] = list(trainer.contexts)
         params = [a for ctx in self.contexts for a in self.model.param_arrays(ctx)]
-        saver = update_saver(self.optim, params, self.contexts)
+        # with check_finite=False nothing is read, so nothing needs copying to be read late
+        saver = update_saver(self.optim, params, self.contexts) if trainer.check_finite else None
         self.guard: EagerGuard = EagerGuard(params, trainer.check_finite, all_finite, _copy, _assign) \
             if saver is None else LateGuard(params, trainer.check_finite, all_finite, _copy, _assign, saver)
 
@@ -199,7 +201,7 @@ class MXNetStep:
     def train(self, batch: Batch) -> np.ndarray:
         loss = self._loss(batch)
         guard = self.guard
-        if isinstance(guard, LateGuard) and guard.check:
+        if isinstance(guard, LateGuard):
             # The last step's loss, ready by now: this forward pass is queued after its update. If it is
             # refused, backward is not run, so the gradient buffers keep the refused step's gradients.
             if guard.resolve():
